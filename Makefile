@@ -1,0 +1,40 @@
+# The two commands: `make demo` and `make test`. Both install what is missing first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: deps venv demo test lint typecheck unit integration virtual bench clean
+
+deps:
+	@scripts/install-deps.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: deps venv
+	@$(PY) scripts/demo.py
+
+lint: venv
+	$(VENV)/bin/ruff check fleet signing tests bench scripts
+	$(VENV)/bin/ruff format --check fleet signing
+
+typecheck: venv
+	$(VENV)/bin/mypy --strict fleet signing
+
+unit: venv
+	$(VENV)/bin/pytest -m unit -q
+
+test: deps venv lint typecheck
+	$(VENV)/bin/pytest -q -ra
+
+bench: deps venv
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,63 @@
+"""The ``fleet`` command: registers the command groups and owns the one top-level error
+handler that maps fleet's exceptions to exit codes and one-line messages."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from fleet import __version__
+from fleet.cli import boards
+from fleet.errors import FleetError
+
+app = typer.Typer(
+    name="fleet",
+    help=(
+        "Build, sign, flash, netboot and A/B-update one app on Raspberry Pi class ARM boards.\n\n"
+        "Typical flow: fleet init APP; fleet build --board qemu-virt-arm64 --project APP; "
+        "fleet lab up --board qemu-virt-arm64 --disk out/disk.img."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_debug = False
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Log every command run; show tracebacks."),
+    version: bool = typer.Option(False, "--version", help="Print fleet's version and exit."),
+) -> None:
+    global _debug
+    _debug = debug
+    if version:
+        typer.echo(f"fleet {__version__}")
+        raise typer.Exit()
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+app.add_typer(boards.app, name="boards")
+
+
+def main() -> None:
+    # typer's standalone mode handles usage errors (exit 2) and Ctrl-C; fleet's own
+    # errors pass through it and become one line here.
+    try:
+        app()
+    except FleetError as exc:
+        if _debug:
+            raise
+        print(f"fleet: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

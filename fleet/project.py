@@ -1,0 +1,100 @@
+"""fleet.toml: one user's app: its name and version, how to build it, how to run it on
+the board and how to tell that it is healthy."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleet.errors import ConfigError
+from fleet.schema import Table, load_toml
+
+PROJECT_FILE = "fleet.toml"
+LOCK_FILE = "fleet.lock"
+LANGUAGES = ("c", "go", "command")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class BuildRecipe:
+    language: str  # "c", "go" or "command"
+    sources: tuple[str, ...]  # globs relative to the project folder
+    output: str  # the built program's file name (installed as /app/bin/NAME)
+    flags: tuple[str, ...]  # extra compiler flags (C) or build flags (Go)
+    command: str | None  # language = "command": a shell recipe with $CC, $GOARCH, $OUT set
+
+
+@dataclass(frozen=True)
+class Health:
+    http: str | None  # an HTTP path on the app's port, e.g. /health
+    command: str | None  # or a command run on the board; exit 0 = healthy
+    timeout_s: int  # how long a trial boot may take to become healthy
+
+
+@dataclass(frozen=True)
+class Project:
+    root: Path
+    name: str
+    version: str
+    release_number: int  # monotonic, for anti-rollback
+    build: BuildRecipe
+    run: str  # command line started on the board
+    port: int  # the app's TCP port (forwarded by virtual boards)
+    health: Health
+    packages: tuple[str, ...]  # extra Debian packages the app needs at run time
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / LOCK_FILE
+
+
+def load_project(folder: Path) -> Project:
+    path = folder / PROJECT_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file (run 'fleet init {folder}' to make one)")
+    top = Table(load_toml(path), str(path))
+    app = top.table("app")
+    build = top.table("build")
+    run = top.table("run")
+    health = top.table("health")
+    name = app.str("name")
+    if not _NAME.match(name):
+        raise app.error("name", f"use lowercase letters, digits and '-', got {name!r}")
+    language = build.choice("language", LANGUAGES)
+    command = build.opt_str("command")
+    if language == "command" and command is None:
+        raise build.error("command", "missing (language = 'command' needs a recipe)")
+    output = build.str("output", default=name)
+    if "/" in output or output.startswith("."):
+        raise build.error("output", f"must be a plain file name, got {output!r}")
+    project = Project(
+        root=folder.resolve(),
+        name=name,
+        version=app.str("version"),
+        release_number=app.int("release", minimum=1),
+        build=BuildRecipe(
+            language=language,
+            sources=tuple(build.str_list("sources")),
+            output=output,
+            flags=tuple(build.str_list("flags", default=[])),
+            command=command,
+        ),
+        run=run.str("command"),
+        port=run.int("port", minimum=1),
+        health=Health(
+            http=health.opt_str("http"),
+            command=health.opt_str("command"),
+            timeout_s=health.int("timeout", default=60, minimum=1),
+        ),
+        packages=tuple(top.str_list("packages", default=[])),
+    )
+    if project.port > 65535:
+        raise run.error("port", f"must be at most 65535, got {project.port}")
+    if (project.health.http is None) == (project.health.command is None):
+        raise health.error("http", "give exactly one of 'http' (a path) or 'command'")
+    if project.health.http is not None and not project.health.http.startswith("/"):
+        raise health.error("http", f"must be a path starting with '/', got {project.health.http!r}")
+    for table in (top, app, build, run, health):
+        table.reject_unknown()
+    return project

@@ -1,0 +1,197 @@
+"""The release bundle on disk: ``manifest.json`` (the signed document, canonical bytes),
+its signatures, and the slot payloads it names by size and SHA-256.
+
+    RELEASE/
+      manifest.json              canonical bytes; exactly what every signature covers
+      signatures/KEYID.sig       one signify-format Ed25519 signature per key
+      boot.vfat                  the slot's boot partition image (FAT)
+      rootfs.squashfs            the slot's read-only root filesystem
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleet import atomic
+from fleet.errors import ReleaseError
+from signing.canonical import CanonicalError, canonical_bytes, parse_canonical
+
+MANIFEST = "manifest.json"
+SIGNATURES = "signatures"
+FORMAT = 1
+PAYLOAD_NAMES = ("boot", "rootfs")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_MAX_SIZE = 2**40
+
+
+@dataclass(frozen=True)
+class Payload:
+    name: str  # "boot" or "rootfs": which partition of a slot it fills
+    file: str  # file name inside the release folder
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Health:
+    http: str | None
+    command: str | None
+    port: int
+    timeout: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    app: str
+    version: str
+    release: int  # monotonic number, compared with the board's floor
+    board: str
+    arch: str
+    payloads: tuple[Payload, ...]
+    health: Health
+    inputs: dict[str, Any] = field(default_factory=dict)
+    downgrade: bool = False  # signed permission to install below the board's floor
+
+    def payload(self, name: str) -> Payload:
+        for payload in self.payloads:
+            if payload.name == name:
+                return payload
+        raise ReleaseError(f"manifest has no payload {name!r}")
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "app": {"name": self.app, "version": self.version},
+            "release": self.release,
+            "board": self.board,
+            "arch": self.arch,
+            "downgrade": self.downgrade,
+            "payloads": [
+                {"name": p.name, "file": p.file, "size": p.size, "sha256": p.sha256}
+                for p in self.payloads
+            ],
+            "health": {
+                "http": self.health.http,
+                "command": self.health.command,
+                "port": self.health.port,
+                "timeout": self.health.timeout,
+            },
+            "inputs": self.inputs,
+        }
+
+    def to_bytes(self) -> bytes:
+        return canonical_bytes(self.to_document())
+
+
+def manifest_from_bytes(data: bytes) -> Manifest:
+    """Parse and validate untrusted manifest bytes; any defect is a ReleaseError."""
+    try:
+        doc = parse_canonical(data)
+    except CanonicalError as exc:
+        raise ReleaseError(f"malformed manifest: {exc}") from exc
+    try:
+        return _manifest_from_document(doc)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReleaseError(f"malformed manifest: {exc}") from exc
+
+
+def _want(doc: dict[str, Any], key: str, kind: type, where: str = "") -> Any:
+    if key not in doc:
+        raise ValueError(f"missing field {where}{key}")
+    value = doc[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"field {where}{key} has the wrong type")
+    return value
+
+
+def _opt_str(doc: dict[str, Any], key: str, where: str) -> str | None:
+    value = doc.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"field {where}{key} has the wrong type")
+    return value
+
+
+def _manifest_from_document(doc: dict[str, Any]) -> Manifest:
+    known = {"format", "app", "release", "board", "arch", "downgrade", "payloads", "health",
+             "inputs"}
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise ValueError(f"unknown field {unknown[0]}")
+    if _want(doc, "format", int) != FORMAT:
+        raise ValueError(f"unsupported format {doc['format']}")
+    app = _want(doc, "app", dict)
+    release = _want(doc, "release", int)
+    if not 0 < release < 2**63:
+        raise ValueError("field release out of range")
+    payloads = []
+    for index, item in enumerate(_want(doc, "payloads", list)):
+        if not isinstance(item, dict):
+            raise ValueError(f"payloads[{index}] is not an object")
+        where = f"payloads[{index}]."
+        payload = Payload(
+            name=_want(item, "name", str, where),
+            file=_want(item, "file", str, where),
+            size=_want(item, "size", int, where),
+            sha256=_want(item, "sha256", str, where),
+        )
+        if payload.name not in PAYLOAD_NAMES:
+            raise ValueError(f"{where}name {payload.name!r} is not one of {PAYLOAD_NAMES}")
+        if not _FILE.match(payload.file) or payload.file == MANIFEST:
+            raise ValueError(f"{where}file {payload.file!r} is not a plain file name")
+        if not 0 < payload.size < _MAX_SIZE:
+            raise ValueError(f"{where}size out of range")
+        if not _HEX64.match(payload.sha256):
+            raise ValueError(f"{where}sha256 is not 64 lowercase hex digits")
+        payloads.append(payload)
+    names = sorted(p.name for p in payloads)
+    if names != sorted(PAYLOAD_NAMES):
+        raise ValueError(f"payloads must be exactly {', '.join(PAYLOAD_NAMES)}")
+    if len({p.file for p in payloads}) != len(payloads):
+        raise ValueError("two payloads name the same file")
+    health = _want(doc, "health", dict)
+    port = _want(health, "port", int, "health.")
+    timeout = _want(health, "timeout", int, "health.")
+    if not 0 < port < 65536 or not 0 < timeout < 86400:
+        raise ValueError("health.port or health.timeout out of range")
+    return Manifest(
+        app=_want(app, "name", str, "app."),
+        version=_want(app, "version", str, "app."),
+        release=release,
+        board=_want(doc, "board", str),
+        arch=_want(doc, "arch", str),
+        payloads=tuple(payloads),
+        health=Health(
+            http=_opt_str(health, "http", "health."),
+            command=_opt_str(health, "command", "health."),
+            port=port,
+            timeout=timeout,
+        ),
+        inputs=_want(doc, "inputs", dict),
+        downgrade=_want(doc, "downgrade", bool),
+    )
+
+
+def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_manifest(folder: Path) -> Manifest:
+    path = folder / MANIFEST
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ReleaseError(f"{folder}: not a release (no {MANIFEST})") from exc
+    return manifest_from_bytes(data)
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    atomic.write_bytes(folder / MANIFEST, manifest.to_bytes())
