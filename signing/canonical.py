@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from signing.errors import SigningError
 
-class CanonicalError(ValueError):
+
+class CanonicalError(SigningError):
     """The bytes are not a manifest in canonical form."""
 
 
@@ -47,13 +49,22 @@ def parse_canonical(data: bytes) -> dict[str, Any]:
             parse_float=no_float,
             parse_constant=no_constant,
         )
+    except CanonicalError:
+        raise
     except json.JSONDecodeError as exc:
         raise CanonicalError(f"manifest is not JSON: {exc.msg} at line {exc.lineno}") from exc
+    except ValueError as exc:
+        # Python refuses to convert integers of thousands of digits (int_max_str_digits).
+        raise CanonicalError("manifest has a number too long to read") from exc
     except RecursionError as exc:
         raise CanonicalError("manifest is nested too deeply") from exc
     if not isinstance(document, dict):
         raise CanonicalError("manifest is not a JSON object")
-    if canonical_bytes(document) != data:
+    try:
+        again = canonical_bytes(document)
+    except RecursionError as exc:
+        raise CanonicalError("manifest is nested too deeply") from exc
+    if again != data:
         raise CanonicalError("manifest is not in canonical form")
     return document
 
