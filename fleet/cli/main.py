@@ -9,7 +9,7 @@ import sys
 import typer
 
 from fleet import __version__
-from fleet.cli import boards
+from fleet.cli import boards, keys, trust
 from fleet.errors import FleetError
 
 app = typer.Typer(
@@ -45,6 +45,9 @@ def _root(
 
 
 app.add_typer(boards.app, name="boards")
+app.add_typer(keys.app, name="keys")
+app.command("sign")(trust.sign)
+app.command("verify")(trust.verify)
 
 
 def main() -> None:
