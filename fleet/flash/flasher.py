@@ -1,0 +1,115 @@
+"""One flash from start to end: image and bmap in, checked device out, with a result
+that says what was written and how it was verified."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fleet.bmap import Bmap, load_bmap
+from fleet.errors import FlashError
+from fleet.flash.discovery import BlockDevice
+from fleet.flash.safety import close_device, open_exclusive
+from fleet.flash.source import ImageSource, bmap_candidates, open_image
+from fleet.flash.verify import verify_device
+from fleet.flash.writer import DeviceWriter
+
+# Called with (phase, total bytes or None); returns the per-chunk advance callback.
+PhaseHook = Callable[[str, int | None], Callable[[int], None]]
+
+
+@dataclass(frozen=True)
+class FlashResult:
+    image: str
+    device: str
+    compression: str | None
+    bmap: str | None
+    image_size: int | None
+    bytes_written: int
+    verified: bool
+    write_seconds: float
+    verify_seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "device": self.device,
+            "compression": self.compression,
+            "bmap": self.bmap,
+            "image_size": self.image_size,
+            "bytes_written": self.bytes_written,
+            "verified": self.verified,
+            "write_seconds": round(self.write_seconds, 3),
+            "verify_seconds": round(self.verify_seconds, 3),
+        }
+
+
+def find_bmap(
+    image: Path, explicit: Path | None, use_bmap: bool
+) -> tuple[Bmap | None, Path | None]:
+    if not use_bmap:
+        return None, None
+    if explicit is not None:
+        return load_bmap(explicit), explicit
+    for candidate in bmap_candidates(image):
+        if candidate.is_file():
+            return load_bmap(candidate), candidate
+    return None, None
+
+
+def image_size(source: ImageSource, bmap: Bmap | None) -> int | None:
+    if bmap is not None:
+        if source.size is not None and source.size != bmap.image_size:
+            raise FlashError(
+                f"{source.path} is {source.size} bytes but its bmap says {bmap.image_size}: "
+                "wrong bmap for this image"
+            )
+        return bmap.image_size
+    return source.size
+
+
+def flash(
+    source: ImageSource,
+    bmap: Bmap | None,
+    bmap_path: Path | None,
+    device: BlockDevice,
+    *,
+    verify: bool = True,
+    phase: PhaseHook | None = None,
+) -> FlashResult:
+    """Write ``source`` to ``device`` (already checked by the caller), sync, verify."""
+    fd, size = open_exclusive(device)
+    writer = DeviceWriter(fd, size, device.node)
+    try:
+        started = time.monotonic()
+        total = bmap.mapped_bytes if bmap is not None else source.size
+        advance = phase("writing", total) if phase else None
+        written = writer.write(source, bmap, advance)
+        wrote_at = time.monotonic()
+        if verify:
+            check = phase("verifying", sum(e.end - e.start for e in written)) if phase else None
+            verify_device(Path(device.node), written, check)
+        verified_at = time.monotonic()
+    except KeyboardInterrupt:
+        raise FlashError(f"interrupted; {writer.state()}") from None
+    except OSError as exc:
+        raise FlashError(f"{exc.strerror or exc}; {writer.state()}") from exc
+    finally:
+        close_device(fd)
+    return FlashResult(
+        image=str(source.path),
+        device=device.node,
+        compression=source.compression,
+        bmap=str(bmap_path) if bmap_path else None,
+        image_size=bmap.image_size if bmap else source.size,
+        bytes_written=writer.bytes_written,
+        verified=verify,
+        write_seconds=wrote_at - started,
+        verify_seconds=verified_at - wrote_at,
+    )
+
+
+__all__ = ["FlashResult", "find_bmap", "flash", "image_size", "open_image"]
