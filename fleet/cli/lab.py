@@ -1,0 +1,214 @@
+"""``fleet lab``: virtual boards on QEMU — flash a disk image, boot, reach SSH and the
+app through loopback ports, watch the console, cut and restore power."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fleet import lab
+from fleet.cli.output import JSON_HELP, note, out, print_json
+from fleet.errors import LabError
+from fleet.lab.console import attach, print_log
+from fleet.lab.state import Board
+from fleet.run import run
+
+app = typer.Typer(
+    help=(
+        "Virtual boards on QEMU. `fleet lab up --board qemu-virt-arm64 --disk out/disk.img` "
+        "copies the image, writes the board's hostname and the lab's SSH key into its first "
+        "partition, boots it and returns when it is up; then `fleet lab ssh NAME`, "
+        "`fleet lab console NAME`, `fleet lab power NAME cycle`, `fleet lab down NAME`. "
+        "State lives in $FLEET_LAB_DIR (default ~/.local/state/fleet/lab)."
+    ),
+    no_args_is_help=True,
+)
+
+
+def _info(board: Board) -> dict[str, Any]:
+    pid = board.running_pid()
+    return {
+        "name": board.name,
+        "board": board.profile,
+        "state": "running" if pid is not None else "stopped",
+        "pid": pid,
+        "ssh_port": board.ssh_port,
+        "app_port": board.app_port,
+        "app_guest_port": board.app_guest_port,
+        "disk": str(board.disk),
+        "console_log": str(board.console_log),
+        "console_socket": str(board.console_socket),
+        "state_dir": str(board.state_dir),
+        "key": str(board.key_path),
+        "known_hosts": str(board.known_hosts_path),
+    }
+
+
+def _print_board(board: Board) -> None:
+    info = _info(board)
+    out.print(
+        f"{info['name']}: {info['state']} ({info['board']}), "
+        f"ssh 127.0.0.1:{info['ssh_port']}, app 127.0.0.1:{info['app_port']}, "
+        f"console {info['console_log']}"
+    )
+
+
+@app.command("up")
+def up(
+    board: Annotated[str, typer.Option("--board", help="Board profile, e.g. qemu-virt-arm64.")],
+    disk_image: Annotated[
+        Path, typer.Option("--disk", help="Disk image (or block device) to boot.")
+    ],
+    name: str | None = typer.Option(
+        None, "--name", help="Board name (a-z, 0-9, '-'); default: the profile name."
+    ),
+    in_place: bool = typer.Option(
+        False, "--in-place", help="Boot the image itself (e.g. a loop device) instead of a copy."
+    ),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for the board."),
+    app_port: int = typer.Option(
+        lab.DEFAULT_APP_PORT, "--app-port", help="The app's HTTP port on the board."
+    ),
+    up_line: str = typer.Option(
+        lab.UP_LINE, "--up-line", help="Console line that says the board is up."
+    ),
+    no_ssh_wait: bool = typer.Option(
+        False, "--no-ssh-wait", help="Up when the console line shows; do not wait for SSH."
+    ),
+    down_on_failure: bool = typer.Option(
+        False, "--down-on-failure", help="Stop the board if it does not come up (default: keep it)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Flash DISK onto a new virtual board and boot it; return when it is up.
+
+    Up means: the console printed the up line ('fleet: system up') and the forwarded SSH
+    port answers with an SSH banner. The board's SSH host key is then pinned in the lab's
+    known_hosts. On timeout the board keeps running for inspection.
+    """
+    result = lab.up(
+        board,
+        disk_image,
+        name,
+        in_place=in_place,
+        timeout=timeout,
+        app_port=app_port,
+        up_line=up_line,
+        wait_ssh=not no_ssh_wait,
+        down_on_failure=down_on_failure,
+        note=note,
+    )
+    if json_out:
+        print_json(_info(result))
+    else:
+        _print_board(result)
+
+
+@app.command("list")
+def list_(json_out: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """List the lab's boards: state, pid, forwarded ports, disk and console log."""
+    boards = [_info(b) for b in lab.list_boards()]
+    if json_out:
+        print_json(boards)
+        return
+    if not boards:
+        note("no lab boards (start one with fleet lab up)")
+        return
+    out.print(f"{'NAME':<16} {'BOARD':<16} {'STATE':<8} {'PID':>7} {'SSH':>6} {'APP':>6}  DISK")
+    for b in boards:
+        pid = "-" if b["pid"] is None else str(b["pid"])
+        out.print(
+            f"{b['name']:<16} {b['board']:<16} {b['state']:<8} {pid:>7} "
+            f"{b['ssh_port']:>6} {b['app_port']:>6}  {b['disk']}"
+        )
+
+
+@app.command("ssh", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ssh_(
+    name: str = typer.Argument(..., help="Board name."),
+    command: Annotated[list[str] | None, typer.Argument(help="Command to run (after --).")] = None,
+) -> None:
+    """Open a shell on the board as root, or run `-- CMD ...` and exit with its status.
+
+    Uses the lab's key and known_hosts with strict host key checking.
+    """
+    board = lab.get(name)
+    argv: list[str] = [
+        "ssh",
+        "-i",
+        str(board.key_path),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        f"UserKnownHostsFile={board.known_hosts_path}",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "PasswordAuthentication=no",
+        "-o",
+        "ConnectTimeout=10",
+        "-p",
+        str(board.ssh_port),
+        "root@127.0.0.1",
+    ]
+    if command:
+        argv += ["--", *command]
+    proc = run(argv, capture=False, check=False)
+    raise typer.Exit(proc.returncode)
+
+
+@app.command("console")
+def console(
+    name: str = typer.Argument(..., help="Board name."),
+    log: bool = typer.Option(False, "--log", help="Print the console log instead of attaching."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Print the log and follow it."),
+) -> None:
+    """Attach this terminal to the board's serial console (detach with Ctrl-]).
+
+    With --log print everything the console said since `up`; with --follow keep printing.
+    Boards with several UARTs share one console: Ctrl-a c switches the one you type to.
+    """
+    board = lab.get(name)
+    if log or follow:
+        with contextlib.suppress(KeyboardInterrupt):
+            print_log(board.console_log, follow)
+        return
+    if board.running_pid() is None:
+        raise LabError(f"lab board {name!r} is not running; see its log with --log")
+    note(f"attached to {name}'s console; detach with Ctrl-]")
+    attach(board.console_socket)
+    sys.stdout.write("\n")
+
+
+@app.command("down")
+def down(
+    name: str = typer.Argument(..., help="Board name."),
+    rm: bool = typer.Option(False, "--rm", help="Also delete its state folder (disk copy, logs)."),
+) -> None:
+    """Shut the board down (QEMU stops cleanly); keep its state unless --rm."""
+    was_running = lab.down(name, remove=rm)
+    state = "stopped" if was_running else "was not running"
+    note(f"{name}: {state}{'; state removed' if rm else ''}")
+
+
+@app.command("power")
+def power(
+    name: str = typer.Argument(..., help="Board name."),
+    action: str = typer.Argument(..., help="off (power cut), on, or cycle (off then on)."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Do not wait for the board to be up."),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for the board."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Cut or restore the board's power: off kills QEMU at once (a real power cut);
+    on boots it again on the same disk and ports and waits until it is up."""
+    board = lab.power(name, action, wait=not no_wait, timeout=timeout, note=note)
+    if json_out:
+        print_json(_info(board))
+    else:
+        _print_board(board)

@@ -1,0 +1,223 @@
+"""The virtual lab: boards the tool runs itself, on QEMU, from a disk image.
+
+``up`` flashes (copies) a disk image for a named board, provisions it (hostname, the
+lab's SSH key), boots it and waits until it is up; ``power`` cuts and restores power;
+``down`` stops it. Every board's state lives in its folder under the lab root (see
+``fleet.lab.state``), so boards outlive the process that started them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import paramiko
+
+from fleet import ssh
+from fleet.boards import get_profile
+from fleet.errors import LabError, UsageError
+from fleet.lab import disk, qemu
+from fleet.lab.keys import ensure_client_key
+from fleet.lab.ports import free_loopback_port
+from fleet.lab.state import Board, all_boards, check_name, lab_root, load, save
+from fleet.lab.wait import Note, log_size, wait_up
+
+__all__ = ["UP_LINE", "Board", "down", "get", "list_boards", "power", "up"]
+
+UP_LINE = "fleet: system up"
+DEFAULT_APP_PORT = 8080
+POWER_ACTIONS = ("off", "on", "cycle")
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def get(name: str) -> Board:
+    return load(name)
+
+
+def list_boards() -> list[Board]:
+    return all_boards()
+
+
+def up(
+    board: str,
+    disk_image: Path,
+    name: str | None = None,
+    *,
+    in_place: bool = False,
+    timeout: float = 120.0,
+    app_port: int = DEFAULT_APP_PORT,
+    up_line: str = UP_LINE,
+    wait_ssh: bool = True,
+    down_on_failure: bool = False,
+    note: Note = _quiet,
+) -> Board:
+    """Flash ``disk_image`` onto a new virtual board of profile ``board`` and boot it.
+
+    Returns once the console shows ``up_line`` and (with ``wait_ssh``) SSH answers;
+    then the board's SSH host key is pinned in the lab's known_hosts.
+    """
+    profile = get_profile(board)
+    if profile.qemu is None:
+        raise UsageError(f"board {board} is not virtual (its profile has no [qemu] table)")
+    name = check_name(name or board)
+    source = disk_image.absolute()
+    if not source.exists():
+        raise UsageError(f"disk image {disk_image} not found")
+    root = lab_root()
+    state_dir = root / name
+    if (state_dir / "board.json").exists():
+        old = load(name, root)
+        if old.running_pid() is not None:
+            raise LabError(
+                f"lab board {name!r} is running (pid {old.running_pid()}); "
+                f"stop it first: fleet lab down {name}"
+            )
+        ssh.forget_host(old.known_hosts_path, "127.0.0.1", old.ssh_port)
+    if profile.qemu.disk == "sd":
+        disk.require_power_of_two(source, profile.qemu.machine)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    public_key = ensure_client_key(root / "id_ed25519")
+
+    if in_place:
+        target = source
+    else:
+        target = state_dir / "disk.img"
+        note(f"{name}: copying {disk_image} to {target}")
+        disk.copy_sparse(source, target)
+    disk.provision(target, name, public_key)
+
+    ssh_port = free_loopback_port()
+    http_port = free_loopback_port({ssh_port})
+    loader_args, extracts = qemu.loader_files(profile, state_dir)
+    dtbs = [Path(e.dest) for e in extracts if e.dest.endswith(".dtb")]
+    argv = qemu.build_argv(
+        profile,
+        state_dir,
+        target,
+        ssh_port,
+        http_port,
+        app_port,
+        loader_args,
+        dtbs[0] if dtbs else None,
+    )
+    record = Board(
+        name=name,
+        profile=profile.name,
+        disk=target,
+        in_place=in_place,
+        ssh_port=ssh_port,
+        app_port=http_port,
+        app_guest_port=app_port,
+        qemu_argv=tuple(argv),
+        extracts=extracts,
+        up_line=up_line,
+        wait_ssh=wait_ssh,
+        pid=None,
+        root=root,
+    )
+    record.console_log.unlink(missing_ok=True)
+    ssh.forget_host(record.known_hosts_path, "127.0.0.1", ssh_port)
+    save(record)
+    return _boot(record, timeout, down_on_failure, note)
+
+
+def _launch(board: Board, note: Note) -> tuple[Board, int]:
+    """Start QEMU for ``board``; return the board with its pid and the console log offset
+    from which this boot's output starts."""
+    argv = list(board.qemu_argv)
+    for item in board.extracts:
+        found = disk.extract(board.disk, item.member, Path(item.dest))
+        if not found and item.required:
+            raise LabError(f"{item.member} not found on the first partition of {board.disk}")
+        if not found and "-dtb" in argv:
+            # The Pi's U-Boot then uses the device tree built into it.
+            at = argv.index("-dtb")
+            del argv[at : at + 2]
+            note(f"{board.name}: {item.member} not on the disk; booting without -dtb")
+    offset = log_size(board.console_log)
+    pid = qemu.start(replace(board, qemu_argv=tuple(argv)))
+    board = board.with_pid(pid)
+    save(board)
+    note(
+        f"{board.name}: QEMU running (pid {pid}); ssh 127.0.0.1:{board.ssh_port}, "
+        f"app 127.0.0.1:{board.app_port}"
+    )
+    return board, offset
+
+
+def _boot(board: Board, timeout: float, down_on_failure: bool, note: Note) -> Board:
+    board, offset = _launch(board, note)
+    try:
+        took = wait_up(board, offset, timeout, note)
+    except LabError:
+        if down_on_failure:
+            qemu.stop(board, hard=True)
+            save(board.with_pid(None))
+        raise
+    if board.wait_ssh:
+        _pin_host_key(board)
+    note(f"{board.name}: up after {took:.1f} s")
+    return board
+
+
+def _pin_host_key(board: Board) -> None:
+    key = ssh.fetch_host_key("127.0.0.1", board.ssh_port)
+    pinned = ssh.pinned_keys(board.known_hosts_path, "127.0.0.1", board.ssh_port)
+    if pinned and not any(_same(key, k) for k in pinned):
+        # Its identity lives on the data partition and must survive reboots and updates.
+        raise LabError(
+            f"board {board.name} came back with a different SSH host key "
+            f"({ssh.fingerprint(key)}, pinned {ssh.fingerprint(pinned[0])})"
+        )
+    if not pinned:
+        ssh.pin_host_key(board.known_hosts_path, "127.0.0.1", board.ssh_port, key)
+
+
+def _same(a: paramiko.PKey, b: paramiko.PKey) -> bool:
+    return a.get_name() == b.get_name() and a.asbytes() == b.asbytes()
+
+
+def down(name: str, remove: bool = False) -> bool:
+    """Stop the board (QEMU flushes its disk); with ``remove`` delete its state folder.
+    Returns whether it was running."""
+    board = load(name)
+    was_running = qemu.stop(board, hard=False)
+    save(board.with_pid(None))
+    if remove:
+        ssh.forget_host(board.known_hosts_path, "127.0.0.1", board.ssh_port)
+        shutil.rmtree(board.state_dir)
+    return was_running
+
+
+def power(
+    name: str,
+    action: str,
+    *,
+    wait: bool = True,
+    timeout: float = 120.0,
+    note: Note = _quiet,
+) -> Board:
+    """``off``: kill QEMU at once (a power cut, no flush of guest state); ``on``: start it
+    again on the same disk and ports; ``cycle``: both. ``on``/``cycle`` wait for the board
+    to be up unless ``wait`` is False."""
+    if action not in POWER_ACTIONS:
+        raise UsageError(f"power action must be one of {', '.join(POWER_ACTIONS)}, got {action!r}")
+    board = load(name)
+    if action in ("off", "cycle"):
+        if qemu.stop(board, hard=True):
+            note(f"{name}: power cut")
+        board = board.with_pid(None)
+        save(board)
+        if action == "off":
+            return board
+    if board.running_pid() is not None:
+        raise LabError(f"lab board {name!r} is already powered on (pid {board.running_pid()})")
+    if not board.disk.exists():
+        raise LabError(f"disk {board.disk} of board {name!r} is gone")
+    if wait:
+        return _boot(board, timeout, False, note)
+    return _launch(board, note)[0]

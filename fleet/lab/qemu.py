@@ -1,0 +1,149 @@
+"""QEMU for one virtual board: the command line from the board profile's ``qemu`` table,
+and starting it as a daemon that outlives the ``fleet`` process."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from fleet.boards import BoardProfile
+from fleet.errors import LabError, ProgramError
+from fleet.lab.state import Board, Extract, kill
+from fleet.run import run
+
+QEMU = {"aarch64": "qemu-system-aarch64", "armhf": "qemu-system-arm"}
+
+# UARTs a machine has that firmware or kernel may print on. The Pi 3's U-Boot prints on
+# the mini UART (serial1) while Linux's ttyAMA0 is the PL011 (serial0); all of them go
+# into the one console (a mux), so the log shows the whole boot.
+SERIAL_PORTS = {"raspi3b": 2}
+
+
+def _opt(value: str | Path) -> str:
+    # QEMU option values are comma separated; a literal comma is written twice.
+    return str(value).replace(",", ",,")
+
+
+def loader_files(profile: BoardProfile, state_dir: Path) -> tuple[list[str], tuple[Extract, ...]]:
+    """QEMU arguments that load the board's first code, and the files they need from the
+    disk's first partition."""
+    assert profile.qemu is not None
+    loader = profile.bootloader
+    if profile.qemu.loader == "bios":
+        if loader is None:
+            raise LabError(f"board {profile.name}: qemu loader 'bios' needs a [bootloader] table")
+        bios = Path("/") / loader.file
+        if not bios.is_file():
+            raise LabError(
+                f"{bios} not found: install the Debian package {loader.package} (make deps)"
+            )
+        return ["-bios", str(bios)], ()
+    if loader is None or not loader.install.startswith("file:"):
+        raise LabError(
+            f"board {profile.name}: qemu loader 'kernel' needs [bootloader] install = 'file:NAME'"
+        )
+    member = loader.install.removeprefix("file:")
+    kernel = state_dir / member
+    args = ["-kernel", str(kernel)]
+    extracts = [Extract(member=member, dest=str(kernel), required=True)]
+    if profile.kernel.dtb:
+        dtb_name = Path(profile.kernel.dtb).name
+        dtb = state_dir / dtb_name
+        # Optional: U-Boot for the Pi carries its own device tree and uses it when QEMU
+        # passes none, so a disk without the .dtb still boots to U-Boot.
+        extracts.append(Extract(member=dtb_name, dest=str(dtb), required=False))
+    return args, tuple(extracts)
+
+
+def build_argv(
+    profile: BoardProfile,
+    board_dir: Path,
+    disk: Path,
+    ssh_port: int,
+    app_port: int,
+    app_guest_port: int,
+    loader_args: list[str],
+    dtb: Path | None,
+) -> list[str]:
+    qemu = profile.qemu
+    if qemu is None:
+        raise LabError(f"board {profile.name} has no [qemu] table: it cannot run in the lab")
+    console_sock = board_dir / "console.sock"
+    argv = [QEMU[profile.arch], "-name", f"fleet-lab-{board_dir.name}", "-M", qemu.machine]
+    if qemu.cpu:
+        argv += ["-cpu", qemu.cpu]
+    argv += ["-m", str(qemu.memory_mib), *loader_args]
+    if dtb is not None:
+        argv += ["-dtb", str(dtb)]
+    if qemu.disk == "virtio":
+        argv += [
+            "-drive",
+            f"if=none,file={_opt(disk)},format=raw,id=d0,cache=writeback",
+            "-device",
+            "virtio-blk-pci,drive=d0",
+        ]
+    else:
+        argv += ["-drive", f"if=sd,file={_opt(disk)},format=raw,cache=writeback"]
+    forwards = (
+        f"hostfwd=tcp:127.0.0.1:{ssh_port}-:22,hostfwd=tcp:127.0.0.1:{app_port}-:{app_guest_port}"
+    )
+    netdev = f"user,id=n0,{forwards}"
+    if qemu.net == "virtio":
+        # romfile= : U-Boot does not need the iPXE option ROM, so QEMU need not find one.
+        argv += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile="]
+    else:
+        argv += ["-usb", "-device", "usb-net,netdev=n0", "-netdev", netdev]
+    argv += [
+        "-nodefaults",
+        "-display",
+        "none",
+        "-chardev",
+        f"socket,id=con0,path={_opt(console_sock)},server=on,wait=off,"
+        f"logfile={_opt(board_dir / 'console.log')},logappend=on,mux=on",
+    ]
+    for _ in range(SERIAL_PORTS.get(qemu.machine, 1)):
+        argv += ["-serial", "chardev:con0"]
+    argv += [
+        "-monitor",
+        f"unix:{_opt(board_dir / 'monitor.sock')},server=on,wait=off",
+        # A watchdog that fires resets the board, as the hardware one does; the board
+        # also reboots itself to switch A/B slots, so there is no -no-reboot.
+        "-action",
+        "watchdog=reset",
+        *qemu.extra,
+        "-daemonize",
+        "-pidfile",
+        str(board_dir / "qemu.pid"),
+    ]
+    return argv
+
+
+def start(board: Board) -> int:
+    """Start QEMU in the background; return its pid once it runs."""
+    board.pidfile.unlink(missing_ok=True)
+    try:
+        run(board.qemu_argv, cwd=board.state_dir, timeout=60)
+    except ProgramError as exc:
+        raise LabError(f"QEMU did not start board {board.name}: {exc}") from exc
+    try:
+        return int(board.pidfile.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise LabError(f"QEMU started but wrote no pidfile {board.pidfile}") from exc
+
+
+def stop(board: Board, hard: bool, grace: float = 10.0) -> bool:
+    """Stop the board's QEMU: SIGKILL when ``hard`` (a power cut), else SIGTERM (QEMU
+    flushes the disk) and SIGKILL after ``grace`` seconds. False if it was not running."""
+    pid = board.running_pid()
+    if pid is None:
+        return False
+    kill(pid, signal.SIGKILL if hard else signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while board.running_pid() is not None:
+        if time.monotonic() > deadline:
+            kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + grace
+        time.sleep(0.05)
+    board.pidfile.unlink(missing_ok=True)
+    return True
