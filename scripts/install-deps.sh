@@ -4,7 +4,7 @@
 set -eu
 
 PACKAGES="
-qemu-system-arm qemu-utils u-boot-qemu
+qemu-system-arm qemu-utils u-boot-qemu u-boot-rpi dropbear-bin
 gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross
 golang-go
 squashfs-tools dosfstools mtools fdisk u-boot-tools e2fsprogs
