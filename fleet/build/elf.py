@@ -23,6 +23,7 @@ from fleet.build.elffile import (
     EM_AARCH64,
     EM_ARM,
     ET_CORE,
+    ET_DYN,
     ET_REL,
     ElfFile,
     Section,
@@ -219,6 +220,7 @@ def tree_problems(root: Path, arch: str, board: str) -> list[str]:
     image = _Image(root, arch)
     problems: list[str] = []
     walk = _Walk(image)
+    libraries: list[PurePosixPath] = []
     for path in _elf_files(root):
         elf = image.elf(path)
         if elf is None or elf.type in (ET_REL, ET_CORE):
@@ -227,8 +229,17 @@ def tree_problems(root: Path, arch: str, board: str) -> list[str]:
             problems.append(
                 f"{path}: built for {describe(elf)}, but board {board} needs {_WANT_NAME[arch]}"
             )
-            continue
-        walk.process(str(path), path.parent, elf)
+        elif elf.interpreter is None and elf.type == ET_DYN:
+            libraries.append(path)
+        else:
+            walk.process(str(path), path.parent, elf)
+    # Libraries are checked as the programs load them (a program's RPATH also serves its
+    # libraries); one that no program loads is checked on its own.
+    for path in libraries:
+        if path not in walk.reached:
+            elf = image.elf(path)
+            assert elf is not None
+            walk.process(str(path), path.parent, elf)
     # A library reached from several binaries reports the same missing name once.
     return list(dict.fromkeys(problems + walk.problems))
 
