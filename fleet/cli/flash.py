@@ -1,0 +1,182 @@
+"""``fleet flash``: write a disk image onto a board or SD card, safely, and prove it."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fleet.cli.output import JSON_HELP, bytes_progress, note, out, print_json
+from fleet.errors import FlashError, UsageError
+from fleet.flash import rpiboot
+from fleet.flash.discovery import BlockDevice, device_info, list_block_devices
+from fleet.flash.flasher import find_bmap, image_size
+from fleet.flash.flasher import flash as run_flash
+from fleet.flash.safety import check_target, unmount_all
+from fleet.flash.source import open_image
+from fleet.flash.wait import default_predicate, wait_for_device
+
+RPIBOOT_FILES = Path("/usr/share/rpiboot/mass-storage-gadget64")
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+def _choose(candidates: list[BlockDevice]) -> BlockDevice:
+    if not candidates:
+        raise FlashError(
+            "no flashable device found: plug in a card or board and use --wait, "
+            "or name one with --device (see fleet devices)"
+        )
+    if len(candidates) == 1:
+        return candidates[0]
+    if not _interactive():
+        names = ", ".join(d.node for d in candidates)
+        raise FlashError(f"several devices could be the target ({names}): pick one with --device")
+    for i, d in enumerate(candidates, 1):
+        note(f"  {i}) {d.describe()}")
+    pick: int = typer.prompt("Which device", type=int)
+    if not 1 <= pick <= len(candidates):
+        raise UsageError(f"no device number {pick}")
+    return candidates[pick - 1]
+
+
+def _confirm(device: BlockDevice, image: Path, yes: bool) -> None:
+    if device.system:
+        if not _interactive():
+            raise FlashError(
+                f"{device.node} is a system drive and there is no terminal to type its name "
+                f"on; {device.node} was not changed"
+            )
+        note(f"[bold red]{device.describe()} is a SYSTEM drive: {device.system_reason}.")
+        typed = typer.prompt(f"Type {device.name} to destroy everything on it")
+        if typed.strip() != device.name:
+            raise FlashError(f"confirmation did not match; {device.node} was not changed")
+        return
+    if yes:
+        return
+    if not _interactive():
+        raise FlashError(
+            f"no terminal to confirm on: pass --yes to write {device.node}; it was not changed"
+        )
+    if not typer.confirm(f"Write {image.name} to {device.describe()}? Everything on it is lost"):
+        raise FlashError(f"cancelled; {device.node} was not changed")
+
+
+def _find_target(
+    device: str | None,
+    wait: bool,
+    timeout: float | None,
+    usb_path: str | None,
+    usb_serial: str | None,
+    rpiboot_mode: bool,
+    rpiboot_files: Path,
+) -> BlockDevice:
+    if device is not None:
+        return device_info(device)
+    if rpiboot_mode or usb_path or usb_serial:
+        served = rpiboot.boot(
+            rpiboot.BootFiles(rpiboot_files),
+            path=usb_path,
+            serial=usb_serial,
+            timeout=timeout or 30.0,
+            log=note,
+        )
+        note(f"board booted the mass-storage gadget ({len(served)} files); waiting for its disk")
+        return wait_for_device(lambda d: d.offered and d.rpi_msd, timeout=timeout or 60.0)
+    if wait:
+        note("waiting for a card or board to appear (Ctrl-C to stop)...")
+        return wait_for_device(default_predicate, timeout=timeout)
+    return _choose([d for d in list_block_devices() if d.offered])
+
+
+def flash(
+    image: Annotated[
+        Path,
+        typer.Argument(help="Disk image: raw, or .gz/.xz/.zst compressed (streamed)."),
+    ],
+    device: Annotated[
+        str | None, typer.Option("--device", "-d", help="Target whole disk, e.g. /dev/sdb.")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for a new card or board to appear.")
+    ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", help="Seconds to wait with --wait or for a USB boot board."),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before writing.")] = False,
+    no_verify: Annotated[
+        bool, typer.Option("--no-verify", help="Skip the read-back check.")
+    ] = False,
+    bmap: Annotated[
+        Path | None,
+        typer.Option("--bmap", help="Block map (default: IMAGE.bmap, or the uncompressed name's)."),
+    ] = None,
+    no_bmap: Annotated[
+        bool, typer.Option("--no-bmap", help="Write every byte; ignore any bmap.")
+    ] = False,
+    unmount: Annotated[
+        bool, typer.Option("--unmount", help="Unmount the target's partitions first.")
+    ] = False,
+    allow_system_drive: Annotated[
+        bool,
+        typer.Option("--allow-system-drive", help="Allow a system drive (you must type its name)."),
+    ] = False,
+    rpiboot_mode: Annotated[
+        bool,
+        typer.Option("--rpiboot", help="First boot a board in USB boot-ROM mode into a USB disk."),
+    ] = False,
+    usb_path: Annotated[
+        str | None, typer.Option("--usb-path", help="USB boot board's USB path, e.g. 1-1.3.")
+    ] = None,
+    usb_serial: Annotated[
+        str | None, typer.Option("--usb-serial", help="USB boot board's serial number.")
+    ] = None,
+    rpiboot_files: Annotated[
+        Path, typer.Option("--rpiboot-files", help="Folder with the mass-storage-gadget files.")
+    ] = RPIBOOT_FILES,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Write IMAGE to a USB disk, SD card or board, then read it back to prove it.
+
+    With the image's .bmap (made by fleet build or bmaptool) only the ranges that hold
+    data are written, each checked against its SHA-256. Refuses system drives, mounted
+    or too-small targets; asks before writing unless --yes.
+
+    Examples: fleet flash out/disk.img --wait; fleet flash disk.img.zst -d /dev/sdb --yes
+    """
+    if not image.is_file():
+        raise UsageError(f"image {image} does not exist")
+    the_bmap, bmap_path = find_bmap(image, bmap, not no_bmap)
+    with open_image(image) as source:
+        size = image_size(source, the_bmap)
+        target = _find_target(
+            device, wait, timeout, usb_path, usb_serial, rpiboot_mode, rpiboot_files
+        )
+        check_target(target, size, allow_system=allow_system_drive, unmount=unmount)
+        _confirm(target, image, yes)
+        if unmount and target.mounts:
+            note(f"unmounted {', '.join(unmount_all(target))}")
+        with bytes_progress() as progress:
+
+            def phase(name: str, total: int | None) -> Callable[[int], None]:
+                task = progress.add_task(name, total=total)
+                return lambda n: progress.advance(task, n)
+
+            result = run_flash(
+                source, the_bmap, bmap_path, target, verify=not no_verify, phase=phase
+            )
+    if json_out:
+        print_json(result.as_dict())
+        return
+    how = "verified by read-back" if result.verified else "NOT verified (--no-verify)"
+    via = f" using {Path(result.bmap).name}" if result.bmap else ""
+    out.print(
+        f"flashed {image.name} to {result.device}{via}: {result.bytes_written} bytes written "
+        f"in {result.write_seconds:.1f} s, {how}; synced, safe to remove"
+    )
