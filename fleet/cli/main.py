@@ -9,7 +9,7 @@ import sys
 import typer
 
 from fleet import __version__
-from fleet.cli import boards, keys, trust
+from fleet.cli import boards, devices, flash, keys, trust
 from fleet.cli import lab as lab_cli
 from fleet.errors import FleetError
 
@@ -50,6 +50,8 @@ app.add_typer(lab_cli.app, name="lab")
 app.add_typer(keys.app, name="keys")
 app.command("sign")(trust.sign)
 app.command("verify")(trust.verify)
+app.command("flash")(flash.flash)
+app.command("devices")(devices.devices)
 
 
 def main() -> None:
