@@ -35,6 +35,7 @@ class Bootloader:
     package: str
     file: str  # path inside the package
     install: str  # "qemu-bios", "qemu-kernel" or "file:NAME" (copied onto the boot partition)
+    env: tuple[str, ...]  # NAME=VALUE set by the boot script first (load addresses)
 
 
 @dataclass(frozen=True)
@@ -165,8 +166,16 @@ def _bootloader(top: Table) -> Bootloader | None:
         top.table("bootloader", required=False)
         return None
     table = top.table("bootloader")
+    env = table.str_list("env", default=[])
+    for index, item in enumerate(env):
+        name, sep, value = item.partition("=")
+        if not sep or not name.replace("_", "").isalnum() or not value.replace("x", "").isalnum():
+            raise table.error(f"env[{index}]", f"expected NAME=VALUE, got {item!r}")
     loader = Bootloader(
-        package=table.str("package"), file=table.str("file"), install=_install(table)
+        package=table.str("package"),
+        file=table.str("file"),
+        install=_install(table),
+        env=tuple(env),
     )
     table.reject_unknown()
     return loader

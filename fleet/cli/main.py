@@ -10,6 +10,7 @@ import typer
 
 from fleet import __version__
 from fleet.cli import boards, devices, flash, keys, trust
+from fleet.cli import build as build_cmd
 from fleet.cli import lab as lab_cli
 from fleet.errors import FleetError
 
@@ -47,6 +48,7 @@ def _root(
 
 app.add_typer(boards.app, name="boards")
 app.add_typer(lab_cli.app, name="lab")
+app.command("build")(build_cmd.build)
 app.add_typer(keys.app, name="keys")
 app.command("sign")(trust.sign)
 app.command("verify")(trust.verify)

@@ -1,0 +1,66 @@
+"""The boot logic a board's bootloader runs: a U-Boot script for uboot-ab boards, the
+firmware's config files for rpi-tryboot boards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fleet.boards import BoardProfile
+from fleet.run import run
+
+DEVICE_DIR = Path(__file__).resolve().parent.parent / "device"
+DTB_NAME = "board.dtb"
+
+
+def uboot_script_text(profile: BoardProfile) -> str:
+    template = (DEVICE_DIR / "boot-uboot-ab.cmd").read_text()
+    env = profile.bootloader.env if profile.bootloader else ()
+    if profile.kernel.dtb:
+        booti = (
+            f"load ${{fleet_dev}}:${{fleet_bootpart}} ${{fdt_addr_r}} {DTB_NAME}\n"
+            "booti ${kernel_addr_r} ${ramdisk_addr_r}:${fleet_initrd_size} ${fdt_addr_r}"
+        )
+    else:
+        # QEMU virt hands U-Boot the machine's device tree; pass the same one on.
+        booti = "booti ${kernel_addr_r} ${ramdisk_addr_r}:${fleet_initrd_size} ${fdtcontroladdr}"
+    storage = profile.storage
+    replacements = {
+        "@ENV@": "\n".join(f"setenv {item.replace('=', ' ', 1)}" for item in env),
+        "@DEV@": storage.uboot_disk,
+        "@CONSOLE@": profile.console,
+        "@BAUD@": str(profile.baud),
+        "@ROOTDEV@": f"{storage.linux_disk}{storage.partition_prefix}",
+        "@BOOTI@": booti,
+    }
+    text = template
+    for key, value in replacements.items():
+        text = text.replace(key, value)
+    return text
+
+
+def make_uboot_script(profile: BoardProfile, work: Path) -> Path:
+    source = work / "boot.cmd"
+    source.write_text(uboot_script_text(profile))
+    output = work / "boot.scr"
+    # mkimage stamps the time into the header; SOURCE_DATE_EPOCH keeps it fixed.
+    run(["mkimage", "-A", "arm64", "-O", "linux", "-T", "script", "-C", "none",
+         "-n", "fleet boot", "-d", source, output], env={"SOURCE_DATE_EPOCH": "0"})
+    return output
+
+
+def tryboot_autoboot_txt() -> str:
+    # The firmware boots partition 2 normally and partition 3 once after `reboot '0 tryboot'`.
+    return "[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n"
+
+
+def tryboot_config_txt(profile: BoardProfile) -> str:
+    lines = ["arm_64bit=1", "enable_uart=1", "kernel=Image.gz", "initramfs initrd.gz followkernel"]
+    if profile.kernel.dtb:
+        lines.append(f"device_tree={DTB_NAME}")
+    return "\n".join(lines) + "\n"
+
+
+def tryboot_cmdline_txt(profile: BoardProfile) -> str:
+    # No slot is named: the initramfs finds its root from the partition the firmware
+    # booted (device tree chosen/bootloader/partition), so slots A and B share bytes.
+    return f"console={profile.console},{profile.baud} panic=5 loglevel=4\n"

@@ -1,0 +1,62 @@
+"""The slot payloads as filesystem images: a FAT boot partition and a squashfs root.
+Both are made reproducible: fixed times, owners, volume ids and file order."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fleet.run import run
+
+MIB = 1 << 20
+FAT_VOLUME_ID = "0x464c4554"  # "FLET": fixed, so the same files give the same image
+
+
+def make_squashfs(staging: Path, output: Path, mtime: int) -> None:
+    if output.exists():
+        output.unlink()
+    run(
+        [
+            "mksquashfs", staging, output,
+            "-noappend", "-comp", "xz", "-b", "256K",
+            "-all-root", "-no-xattrs", "-no-progress", "-quiet",
+        ],
+        # mksquashfs takes SOURCE_DATE_EPOCH for every inode time and the mkfs time (and
+        # refuses it together with -all-time), so it is the one knob used.
+        env={"SOURCE_DATE_EPOCH": str(mtime)},
+    )
+
+
+def fat_size_for(files: dict[str, Path]) -> int:
+    """The smallest whole-MiB FAT image that holds ``files``: cluster rounding per file
+    plus room for the FAT tables and directories."""
+    cluster = 4096
+    content = sum(-(-p.stat().st_size // cluster) * cluster for p in files.values())
+    size = content + content // 256 + 256 * 1024
+    return -(-size // MIB) * MIB
+
+
+def make_fat(
+    output: Path, files: dict[str, Path], label: str, mtime: int, size: int | None = None
+) -> None:
+    """A FAT image holding ``files`` (name on the image -> source), names may use '/'."""
+    size = size or fat_size_for(files)
+    if output.exists():
+        output.unlink()
+    run(
+        ["mkfs.vfat", "--invariant", "-i", FAT_VOLUME_ID, "-n", label, "-C", output,
+         str(size // 1024)],
+        env={"SOURCE_DATE_EPOCH": str(mtime)},
+    )
+    folders = sorted({str(Path(n).parent) for n in files if "/" in n})
+    for folder in folders:
+        parts = Path(folder).parts
+        for depth in range(1, len(parts) + 1):
+            sub = "/".join(parts[:depth])
+            run(["mmd", "-D", "s", "-i", output, f"::{sub}"], check=False,
+                env={"SOURCE_DATE_EPOCH": str(mtime)})
+    for name in sorted(files):
+        source = files[name]
+        os.utime(source, (mtime, mtime))
+        run(["mcopy", "-m", "-o", "-i", output, source, f"::{name}"],
+            env={"SOURCE_DATE_EPOCH": str(mtime)})

@@ -1,0 +1,243 @@
+"""``fleet build`` from start to end: packages, app, kernel, rootfs, payloads, release,
+disk image, bmap and report. Everything lands in OUT only when all of it is made."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fleet import __version__
+from fleet.boards import BoardProfile
+from fleet.build import bootscript, debian, disk, initramfs, kernel, payloads, rootfs
+from fleet.build.app import DEFAULT_EPOCH, build_app, source_files
+from fleet.build.elf import check_tree
+from fleet.errors import BuildError
+from fleet.project import Project
+from fleet.release import Health, Manifest, Payload, sha256_file, write_manifest
+
+RELEASE_DIR = "release"
+DISK_IMAGE = "disk.img"
+STEPS = ("packages", "app", "kernel", "rootfs", "payloads", "release", "disk", "report")
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    release: Path
+    disk: Path
+    bmap: Path
+    manifest: Manifest
+    report: Path | None
+    signed_by: tuple[str, ...]
+
+
+def epoch() -> int:
+    return int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_EPOCH))
+
+
+def _packages_for(profile: BoardProfile, project: Project) -> list[str]:
+    names = list(rootfs.BASE_PACKAGES) + [profile.kernel.package, *project.packages]
+    loader = profile.bootloader
+    if loader and loader.install.startswith("file:"):
+        names.append(loader.package)
+    return sorted(set(names))
+
+
+def build(
+    project: Project,
+    profile: BoardProfile,
+    out: Path,
+    *,
+    key: Path | None = None,
+    step: Callable[[str], None] = lambda name: None,
+) -> BuildResult:
+    mtime = epoch()
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / ".work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+
+    step("packages")
+    names = _packages_for(profile, project)
+    debs = debian.lock_packages(project.lock_path, profile.debian_arch, names)
+    roots = {deb.name: debian.extract(deb) for deb in debs.values()}
+
+    step("app")
+    app_binary = build_app(project, profile.arch, work, cache=debian.cache_dir() / "app",
+                           epoch=mtime)
+
+    step("kernel")
+    kernel_pkg = [n for n, r in roots.items() if n.startswith("linux-image-") and
+                  any((r / "boot").glob("vmlinuz-*"))]
+    if len(kernel_pkg) != 1:
+        raise BuildError(f"expected one kernel among {profile.kernel.package}'s packages")
+    ktree = kernel.find_kernel(roots[kernel_pkg[0]])
+    boot_modules = kernel.resolve_modules(ktree, profile.kernel.boot_modules)
+    wanted = [*profile.kernel.modules, *profile.network.modules]
+    if profile.watchdog_module:
+        wanted.append(profile.watchdog_module)
+    system_modules = [m for m in kernel.resolve_modules(ktree, wanted) if m not in boot_modules]
+
+    step("rootfs")
+    staged = rootfs.assemble(
+        work / "rootfs", profile, project, app_binary, roots, ktree, system_modules,
+        project.release_number, trusted_keys={},
+    )
+    check_tree(staged.root, profile.arch, profile.name)
+
+    step("payloads")
+    release_tmp = out / f".{RELEASE_DIR}.tmp"
+    shutil.rmtree(release_tmp, ignore_errors=True)
+    release_tmp.mkdir()
+    rootfs_img = release_tmp / "rootfs.squashfs"
+    payloads.make_squashfs(staged.root, rootfs_img, mtime)
+    boot_img = release_tmp / "boot.vfat"
+    payloads.make_fat(boot_img, _boot_files(work, profile, ktree, roots, boot_modules, mtime),
+                      "FLEETSLOT", mtime)
+
+    step("release")
+    manifest = Manifest(
+        app=project.name,
+        version=project.version,
+        release=project.release_number,
+        board=profile.name,
+        arch=profile.arch,
+        payloads=tuple(
+            Payload(name, path.name, path.stat().st_size, sha256_file(path))
+            for name, path in (("boot", boot_img), ("rootfs", rootfs_img))
+        ),
+        health=Health(project.health.http, project.health.command, project.port,
+                      project.health.timeout_s),
+        inputs=_inputs(project, profile, debs),
+    )
+    write_manifest(release_tmp, manifest)
+    signed: tuple[str, ...] = ()
+    if key is not None:
+        from fleet.trust import sign_release
+
+        signed = (sign_release(release_tmp, key),)
+    release = out / RELEASE_DIR
+    shutil.rmtree(release, ignore_errors=True)
+    os.replace(release_tmp, release)
+
+    step("disk")
+    firmware = _firmware_partition(work, profile, roots, mtime)
+    image = out / DISK_IMAGE
+    disk.make_disk(image, profile, firmware, release / "boot.vfat", release / "rootfs.squashfs")
+    from fleet.bmap import write_bmap
+
+    bmap_path = out / f"{DISK_IMAGE}.bmap"
+    write_bmap(image, bmap_path)
+
+    step("report")
+    report_path = _write_report(out, staged, debs, roots, release, manifest)
+    shutil.rmtree(work, ignore_errors=True)
+    return BuildResult(release, image, bmap_path, manifest, report_path, signed)
+
+
+def _boot_files(
+    work: Path,
+    profile: BoardProfile,
+    ktree: kernel.KernelTree,
+    roots: dict[str, Path],
+    boot_modules: list[Path],
+    mtime: int,
+) -> dict[str, Path]:
+    folder = work / "boot"
+    folder.mkdir()
+    image = folder / "Image.gz"
+    image.write_bytes(gzip.compress(ktree.image.read_bytes(), compresslevel=9, mtime=mtime))
+    initrd = folder / "initrd.gz"
+    busybox = roots["busybox-static"] / "bin/busybox"
+    initrd.write_bytes(initramfs.build_initramfs(busybox, ktree, boot_modules, mtime))
+    files = {"Image.gz": image, "initrd.gz": initrd}
+    if profile.kernel.dtb:
+        dtb = folder / bootscript.DTB_NAME
+        shutil.copyfile(ktree.dtb(profile.kernel.dtb), dtb)
+        files[bootscript.DTB_NAME] = dtb
+    if profile.boot_method == "rpi-tryboot":
+        for name, text in (("config.txt", bootscript.tryboot_config_txt(profile)),
+                           ("cmdline.txt", bootscript.tryboot_cmdline_txt(profile))):
+            (folder / name).write_text(text)
+            files[name] = folder / name
+    return files
+
+
+def _firmware_partition(
+    work: Path, profile: BoardProfile, roots: dict[str, Path], mtime: int
+) -> Path:
+    folder = work / "firmware"
+    folder.mkdir()
+    files: dict[str, Path] = {}
+    if profile.boot_method == "uboot-ab":
+        files["boot.scr"] = bootscript.make_uboot_script(profile, folder)
+    else:
+        (folder / "autoboot.txt").write_text(bootscript.tryboot_autoboot_txt())
+        files["autoboot.txt"] = folder / "autoboot.txt"
+    loader = profile.bootloader
+    if loader and loader.install.startswith("file:"):
+        name = loader.install.removeprefix("file:")
+        shutil.copyfile(roots[loader.package] / loader.file, folder / name)
+        files[name] = folder / name
+        # The Pi firmware reads config.txt to load U-Boot in 64-bit mode.
+        (folder / "config.txt").write_text(f"arm_64bit=1\nenable_uart=1\nkernel={name}\n")
+        files["config.txt"] = folder / "config.txt"
+        if profile.kernel.dtb:
+            # QEMU (standing in for the GPU firmware) and the firmware itself read it here.
+            dtb_name = Path(profile.kernel.dtb).name
+            kernel_root = next(r for n, r in roots.items() if n.startswith("linux-image-")
+                               and any((r / "boot").glob("vmlinuz-*")))
+            shutil.copyfile(kernel.find_kernel(kernel_root).dtb(profile.kernel.dtb),
+                            folder / dtb_name)
+            files[dtb_name] = folder / dtb_name
+    if profile.firmware is not None:
+        fw_root = roots.get(profile.firmware.package)
+        if fw_root is None and profile.firmware.required:
+            raise BuildError(
+                f"board {profile.name} needs firmware from {profile.firmware.package}, "
+                "which is not in the configured Debian archive (non-free-firmware)"
+            )
+    (folder / "fleet").mkdir()
+    readme = folder / "fleet" / "README.txt"
+    readme.write_text(
+        "fleet keeps this board's boot state and provisioning settings in this folder.\n"
+    )
+    files["fleet/README.txt"] = readme
+    size = profile.storage.firmware_mib << 20
+    output = work / "firmware.vfat"
+    payloads.make_fat(output, files, "FLEETBOOT", mtime, size=size)
+    return output
+
+
+def _inputs(project: Project, profile: BoardProfile, debs: dict[str, debian.Deb]) -> dict[str, Any]:
+    sources = hashlib.sha256()
+    for path in source_files(project):
+        sources.update(str(path).encode() + b"\0" + (project.root / path).read_bytes())
+    return {
+        "fleet": __version__,
+        "board_profile_sha256": hashlib.sha256(profile.source.read_bytes()).hexdigest(),
+        "sources_sha256": sources.hexdigest(),
+        "packages": {d.name: d.version for d in sorted(debs.values(), key=lambda d: d.name)},
+        "source_date_epoch": epoch(),
+    }
+
+
+def _write_report(
+    out: Path,
+    staged: rootfs.Staged,
+    debs: dict[str, debian.Deb],
+    roots: dict[str, Path],
+    release: Path,
+    manifest: Manifest,
+) -> Path | None:
+    try:
+        from fleet.build import report
+    except ImportError:
+        return None
+    return report.write_image_report(out, staged, debs, roots, release, manifest)

@@ -1,0 +1,259 @@
+"""Assembles "just enough OS" in a staging folder: busybox, dropbear, the verifier, the
+libraries they need (and nothing else from their packages), the kernel modules the
+board needs, fleet's init and agent files, and the app."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fleet import REPO_ROOT
+from fleet.boards import BoardProfile
+from fleet.build.elf import needed_closure
+from fleet.build.kernel import KernelTree
+from fleet.errors import BuildError
+from fleet.project import Project
+
+DEVICE_DIR = REPO_ROOT / "fleet" / "device"
+
+# Programs the system uses, taken from their packages with their libraries.
+BASE_PROGRAMS = {
+    "busybox-static": ["bin/busybox"],
+    "dropbear-bin": ["usr/sbin/dropbear", "usr/bin/dropbearkey"],
+    "signify-openbsd": ["bin/signify-openbsd"],
+}
+BASE_PACKAGES = tuple(BASE_PROGRAMS)
+
+# The busybox applets fleet's scripts and a person at the console use. A read-only
+# root cannot run `busybox --install` at boot, so the links are made here.
+APPLETS = ["sh", "ash", "cat", "chmod", "chown", "cp", "cut", "date", "dd", "df", "dmesg", "du", "echo", "env", "false", "find", "free", "grep", "gunzip", "gzip", "head", "hexdump", "hostname", "ifconfig", "init", "insmod", "kill", "killall", "less", "ln", "logger", "ls", "lsmod", "md5sum", "mkdir", "mke2fs", "mknod", "mktemp", "modprobe", "more", "mount", "mv", "nc", "od", "passwd", "pidof", "ping", "poweroff", "printf", "ps", "pwd", "readlink", "reboot", "rm", "rmdir", "route", "sed", "seq", "setsid", "sha256sum", "sleep", "sort", "stat", "sync", "tail", "tar", "tee", "test", "timeout", "top", "touch", "tr", "true", "tty", "udhcpc", "umount", "uname", "uptime", "vi", "watchdog", "wc", "wget", "which", "xargs", "yes", "awk", "basename", "blkid", "cmp", "dirname", "expr", "flock", "fsync", "halt", "ip", "sha512sum", "mountpoint", "nohup", "realpath", "[", "[["]
+SBIN_APPLETS = {"init", "insmod", "lsmod", "modprobe", "mke2fs", "ifconfig", "route",
+                "reboot", "poweroff", "halt", "udhcpc", "watchdog", "blkid"}
+
+
+@dataclass
+class Staged:
+    """What went into the staging folder, and where each file came from."""
+
+    root: Path
+    origin: dict[str, str] = field(default_factory=dict)  # image path -> package/app/fleet
+
+    def add_file(self, rel: str, source: Path, origin: str, mode: int | None = None) -> None:
+        target = self.root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        os.chmod(target, mode if mode is not None else stat.S_IMODE(source.stat().st_mode))
+        self.origin[rel] = origin
+
+    def add_bytes(self, rel: str, data: bytes, origin: str, mode: int = 0o644) -> None:
+        target = self.root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        os.chmod(target, mode)
+        self.origin[rel] = origin
+
+    def add_link(self, rel: str, target: str, origin: str) -> None:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink() or path.exists():
+            path.unlink()
+        os.symlink(target, path)
+        self.origin[rel] = origin
+
+    def add_dir(self, rel: str, mode: int = 0o755) -> None:
+        path = self.root / rel
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, mode)
+
+
+def shell_env(values: dict[str, str]) -> bytes:
+    lines = [f"{key}={shlex.quote(value)}" for key, value in values.items()]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def assemble(
+    staging: Path,
+    profile: BoardProfile,
+    project: Project,
+    app_binary: Path,
+    packages: dict[str, Path],
+    kernel: KernelTree,
+    modules: list[Path],
+    release_number: int,
+    trusted_keys: dict[str, bytes],
+) -> Staged:
+    """Fill ``staging`` with the root filesystem. ``packages`` maps a package name to its
+    extracted files; ``modules`` are the system's kernel modules, dependencies first."""
+    if staging.exists():
+        shutil.rmtree(staging)
+    staged = Staged(staging)
+    for rel in ("bin", "sbin", "usr/bin", "usr/sbin", "lib", "etc/fleet/keys", "proc", "sys",
+                "dev", "run", "tmp", "data", "boot/firmware", "app/bin"):
+        staged.add_dir(rel)
+    staged.add_link("root", "/run/root", "fleet")
+    staged.add_link("var", "/run/var", "fleet")
+    staged.add_link("etc/resolv.conf", "/run/resolv.conf", "fleet")
+    staged.add_link("etc/mtab", "/proc/mounts", "fleet")
+
+    programs: list[str] = []
+    for package, files in BASE_PROGRAMS.items():
+        root = _package_root(packages, package)
+        for rel in files:
+            staged.add_file(rel, root / rel, package)
+            programs.append(rel)
+    for applet in APPLETS:
+        folder = "sbin" if applet in SBIN_APPLETS else "bin"
+        if not (staging / folder / applet).exists():
+            staged.add_link(f"{folder}/{applet}", "/bin/busybox", "busybox-static")
+
+    for package in project.packages:
+        _add_whole_package(staged, package, _package_root(packages, package))
+
+    app_rel = f"app/bin/{project.build.output}"
+    staged.add_file(app_rel, app_binary, "app", 0o755)
+    programs.append(app_rel)
+    _add_libraries(staged, packages, programs)
+
+    module_lines = []
+    for module in modules:
+        rel = f"lib/modules/{kernel.version}/{module.relative_to(kernel.modules_root)}"
+        staged.add_file(rel, module, profile.kernel.package, 0o644)
+        module_lines.append(f"{kernel.version}/{module.relative_to(kernel.modules_root)}")
+    staged.add_bytes("etc/fleet/modules", ("\n".join(module_lines) + "\n").encode(), "fleet")
+
+    _add_system_files(staged, profile, project, release_number)
+    for keyid, pub in sorted(trusted_keys.items()):
+        staged.add_bytes(f"etc/fleet/keys/{keyid}.pub", pub, "fleet")
+    return staged
+
+
+def _package_root(packages: dict[str, Path], name: str) -> Path:
+    if name not in packages:
+        raise BuildError(f"Debian package {name} is not among the build's packages")
+    return packages[name]
+
+
+def _add_whole_package(staged: Staged, package: str, root: Path) -> None:
+    skip = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
+            "usr/share/lintian")
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if rel == ".complete" or rel.startswith(skip) or path.is_dir():
+            continue
+        if path.is_symlink():
+            staged.add_link(rel, os.readlink(path), package)
+        else:
+            staged.add_file(rel, path, package)
+
+
+def _add_libraries(staged: Staged, packages: dict[str, Path], programs: list[str]) -> None:
+    """Copy the shared libraries ``programs`` need, transitively, from the packages."""
+    sysroot = staged.root.parent / "sysroot"
+    owner = _merge_sysroot(sysroot, packages)
+    for rel in programs:
+        target = sysroot / rel
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(staged.root / rel, target)
+            os.chmod(target, 0o755)
+    for path in sorted(needed_closure(sysroot, [sysroot / rel for rel in programs])):
+        rel = str(path).lstrip("/")
+        if rel in staged.origin:
+            continue
+        _copy_with_links(staged, sysroot, rel, owner)
+
+
+def _merge_sysroot(sysroot: Path, packages: dict[str, Path]) -> dict[str, str]:
+    """One folder with every package's files (hard links), to resolve libraries in."""
+    if sysroot.exists():
+        shutil.rmtree(sysroot)
+    owner: dict[str, str] = {}
+    for name, root in sorted(packages.items()):
+        if (root / "boot").is_dir() and any((root / "boot").glob("vmlinuz-*")):
+            continue  # the kernel package: thousands of modules, no libraries
+        for path in sorted(root.rglob("*")):
+            rel = str(path.relative_to(root))
+            if rel == ".complete" or rel.startswith("usr/share"):
+                continue
+            target = sysroot / rel
+            if path.is_dir() and not path.is_symlink():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists() or target.is_symlink():
+                continue
+            if path.is_symlink():
+                os.symlink(os.readlink(path), target)
+            else:
+                try:
+                    os.link(path, target)
+                except OSError:
+                    shutil.copy2(path, target)
+            owner[rel] = name
+    return owner
+
+
+def _copy_with_links(staged: Staged, sysroot: Path, rel: str, owner: dict[str, str]) -> None:
+    """Copy ``rel`` from the sysroot, recreating each symlink on its way (ld.so paths)."""
+    seen = 0
+    while seen < 16:
+        seen += 1
+        source = sysroot / rel
+        if source.is_symlink():
+            link = os.readlink(source)
+            staged.add_link(rel, link, owner.get(rel, "unknown"))
+            rel = os.path.normpath(
+                link.lstrip("/") if link.startswith("/") else str(Path(rel).parent / link)
+            )
+            continue
+        if rel not in staged.origin:
+            staged.add_file(rel, source, owner.get(rel, "unknown"))
+        return
+    raise BuildError(f"{rel}: too many levels of symbolic links")
+
+
+def _add_system_files(
+    staged: Staged, profile: BoardProfile, project: Project, release_number: int
+) -> None:
+    for name in ("rc.sysinit", "rc.shutdown", "run-sshd", "run-app", "health-watch",
+                 "udhcpc.script"):
+        staged.add_file(f"etc/fleet/{name}", DEVICE_DIR / name, "fleet", 0o755)
+    staged.add_file("etc/inittab", DEVICE_DIR / "inittab", "fleet", 0o644)
+    staged.add_link("sbin/init", "/bin/busybox", "busybox-static")
+    staged.add_bytes("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", "fleet")
+    staged.add_bytes("etc/group", b"root:x:0:\ntty:x:5:\n", "fleet")
+    staged.add_bytes("etc/shadow", b"root:*:19000:0:99999:7:::\n", "fleet", 0o600)
+    staged.add_bytes("etc/shells", b"/bin/sh\n", "fleet")
+    storage = profile.storage
+    staged.add_bytes(
+        "etc/fleet/board.env",
+        shell_env({
+            "FLEET_BOARD": profile.name,
+            "FLEET_BOOT_METHOD": profile.boot_method,
+            "FLEET_DISK": storage.linux_disk,
+            "FLEET_FIRMWARE_DEV": storage.partition(1),
+            "FLEET_DATA_DEV": storage.partition(7),
+            "FLEET_NET_IF": profile.network.interface,
+            "FLEET_WATCHDOG": profile.watchdog_module or "",
+        }),
+        "fleet",
+    )
+    health = project.health
+    staged.add_bytes(
+        "etc/fleet/app.env",
+        shell_env({
+            "FLEET_APP_NAME": project.name,
+            "FLEET_APP_VERSION": project.version,
+            "FLEET_RELEASE": str(release_number),
+            "FLEET_APP_COMMAND": project.run,
+            "PORT": str(project.port),
+            "FLEET_HEALTH_HTTP": health.http or "",
+            "FLEET_HEALTH_COMMAND": health.command or "",
+            "FLEET_HEALTH_TIMEOUT": str(health.timeout_s),
+        }),
+        "fleet",
+    )

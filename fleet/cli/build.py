@@ -1,0 +1,83 @@
+"""``fleet build``: cross-build the app and wrap it in a signed-ready release and disk image."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from fleet.boards import get_profile
+from fleet.build.pipeline import STEPS, build as run_build
+from fleet.cli.output import JSON_HELP, note, out, print_json, steps_progress
+from fleet.project import load_project
+
+
+def build(
+    board: str = typer.Option(None, "--board", "-b", help="Board profile to build for (see `fleet boards`)."),
+    project_dir: Path = typer.Option(Path("."), "--project", "-p", help="Folder holding fleet.toml."),
+    out_dir: Path = typer.Option(Path("out"), "--out", "-o", help="Where the release, disk image and report go."),
+    key: Path | None = typer.Option(None, "--key", help="Sign the release with this private key."),
+    host: bool = typer.Option(False, "--host", help="Build only the app, for this machine, to test it natively."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Cross-build the app for a board and make its release and disk image.
+
+    Writes OUT/release/ (manifest.json + boot.vfat + rootfs.squashfs), OUT/disk.img with
+    OUT/disk.img.bmap for flashing, and OUT/sbom.spdx.json + OUT/report.txt. Debian
+    package versions are pinned in fleet.lock beside fleet.toml; rebuilding with the same
+    inputs gives the same bytes.
+    """
+    project = load_project(project_dir)
+    if host:
+        from fleet.build.app import build_app
+
+        program = build_app(project, "host", out_dir.resolve() / ".host", host=True)
+        if json_out:
+            print_json({"program": str(program)})
+        else:
+            out.print(f"built {program} for this machine; run it with PORT=8080 {program}")
+        return
+    if board is None:
+        raise typer.BadParameter("give --board NAME (or --host)", param_hint="--board")
+    profile = get_profile(board)
+    started = time.monotonic()
+    with steps_progress() as progress:
+        task = progress.add_task(f"build {project.name} for {profile.name}", total=len(STEPS))
+
+        def step(name: str) -> None:
+            done = STEPS.index(name)
+            progress.update(task, completed=done, description=f"build: {name}")
+            if not progress.console.is_terminal:
+                note(f"build: {name}")
+
+        result = run_build(project, profile, out_dir, key=key, step=step)
+        progress.update(task, completed=len(STEPS), description="build: done")
+    seconds = time.monotonic() - started
+    sizes = {p.name: p.size for p in result.manifest.payloads}
+    summary = {
+        "app": project.name,
+        "version": project.version,
+        "release_number": result.manifest.release,
+        "board": profile.name,
+        "release": str(result.release),
+        "disk": str(result.disk),
+        "bmap": str(result.bmap),
+        "report": str(result.report) if result.report else None,
+        "payload_bytes": sizes,
+        "signed_by": list(result.signed_by),
+        "seconds": round(seconds, 1),
+    }
+    if json_out:
+        print_json(summary)
+        return
+    total = sum(sizes.values())
+    out.print(f"built {project.name} {project.version} (release {result.manifest.release}) "
+              f"for {profile.name} in {seconds:.1f} s")
+    out.print(f"  release  {result.release}  (boot {sizes['boot'] / 2**20:.1f} MiB + rootfs "
+              f"{sizes['rootfs'] / 2**20:.1f} MiB = {total / 2**20:.1f} MiB)")
+    out.print(f"  disk     {result.disk}  (+ {result.bmap.name})")
+    if result.report:
+        out.print(f"  report   {result.report}")
+    if result.signed_by:
+        out.print(f"  signed   {', '.join(result.signed_by)}")
