@@ -1,0 +1,221 @@
+"""fleet flash onto real loop devices: bmap writes, compressed inputs, read-back
+verification, and the refusals (mounted, too small, no terminal)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import lzma
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from fleet.bmap import create_bmap, load_bmap, write_bmap
+from fleet.errors import FlashError
+from fleet.flash.verify import check_device, verify_device
+from fleet.flash.writer import expectations
+
+pytestmark = pytest.mark.integration
+
+FLEET = str(Path(sys.executable).parent / "fleet")
+MiB = 1024 * 1024
+# (offset, length) of the data written into the 64 MiB test image
+DATA = [(0, 1 * MiB), (5 * MiB + 4096, 3 * MiB), (40 * MiB, 8192), (64 * MiB - 4096, 4096)]
+
+
+def make_image(path: Path, size: int = 64 * MiB) -> Path:
+    rng = __import__("random").Random(1234)
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+        for offset, length in DATA:
+            handle.seek(offset)
+            handle.write(rng.randbytes(length))
+    return path
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    img = make_image(tmp_path / "disk.img")
+    write_bmap(img, tmp_path / "disk.img.bmap")
+    return img
+
+
+def _attach(backing: Path) -> str:
+    out = subprocess.run(
+        ["losetup", "--find", "--show", str(backing)], check=True, capture_output=True, text=True
+    )
+    return out.stdout.strip()
+
+
+@pytest.fixture
+def loop_factory(tmp_path: Path) -> Iterator[object]:
+    attached: list[str] = []
+
+    def make(size: int = 64 * MiB, fill: bytes | None = b"\xa5") -> tuple[str, Path]:
+        backing = tmp_path / f"target{len(attached)}.img"
+        with open(backing, "wb") as handle:
+            if fill is None:
+                handle.truncate(size)
+            else:
+                chunk = fill * MiB
+                for _ in range(size // MiB):
+                    handle.write(chunk)
+        node = _attach(backing)
+        attached.append(node)
+        return node, backing
+
+    yield make
+    for node in attached:
+        subprocess.run(["losetup", "-d", node], check=False)
+
+
+@pytest.fixture
+def loop(loop_factory: object) -> tuple[str, Path]:
+    return loop_factory()  # type: ignore[operator]
+
+
+def fleet(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FLEET, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120
+    )
+
+
+def read(node: str, offset: int, length: int) -> bytes:
+    fd = os.open(node, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
+def test_bmap_flash_writes_only_mapped_ranges(image: Path, loop: tuple[str, Path]) -> None:
+    node, _ = loop
+    result = fleet("flash", str(image), "--device", node, "--yes", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    bmap = load_bmap(image.with_name("disk.img.bmap"))
+    assert report["verified"] is True
+    assert report["bmap"].endswith("disk.img.bmap")
+    assert report["bytes_written"] == bmap.mapped_bytes < 64 * MiB // 4
+    data = image.read_bytes()
+    for offset, length in DATA:
+        assert read(node, offset, length) == data[offset : offset + length]
+    # a hole of the image was not written: the target's old bytes are still there
+    assert read(node, 20 * MiB, 4096) == b"\xa5" * 4096
+
+
+@pytest.mark.parametrize("kind", ["gz", "xz", "zst"])
+def test_compressed_image_with_bmap(
+    image: Path, loop: tuple[str, Path], tmp_path: Path, kind: str
+) -> None:
+    node, _ = loop
+    raw = image.read_bytes()
+    packed = tmp_path / f"disk.img.{kind}"
+    if kind == "gz":
+        packed.write_bytes(gzip.compress(raw, 1))
+    elif kind == "xz":
+        packed.write_bytes(lzma.compress(raw, preset=0))
+    else:
+        packed.write_bytes(zstandard.ZstdCompressor().compress(raw))
+    result = fleet("flash", str(packed), "-d", node, "--yes", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["compression"] == {"gz": "gzip", "xz": "xz", "zst": "zstd"}[kind]
+    assert report["bmap"].endswith("disk.img.bmap")  # found by the uncompressed name
+    for offset, length in DATA:
+        assert read(node, offset, length) == raw[offset : offset + length]
+
+
+def test_compressed_image_without_bmap_writes_everything(
+    image: Path, loop: tuple[str, Path], tmp_path: Path
+) -> None:
+    node, _ = loop
+    packed = tmp_path / "plain.zst"
+    packed.write_bytes(zstandard.ZstdCompressor().compress(image.read_bytes()))
+    result = fleet("flash", str(packed), "-d", node, "--yes", "--no-bmap", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["bytes_written"] == 64 * MiB
+    assert read(node, 0, 64 * MiB) == image.read_bytes()
+
+
+def test_verify_catches_a_corrupted_range(image: Path, loop: tuple[str, Path]) -> None:
+    node, backing = loop
+    assert fleet("flash", str(image), "-d", node, "--yes").returncode == 0
+    expected = expectations(load_bmap(image.with_name("disk.img.bmap")))
+    verify_device(Path(node), expected)  # a good flash reads back clean
+    # Flip bytes underneath the loop device: its own page cache still holds the good
+    # bytes, so only a read that bypasses that cache can see the damage.
+    with open(backing, "r+b") as handle:
+        handle.seek(5 * MiB + 4096 + 100)
+        handle.write(b"\x00\x01\x02\x03")
+    bad = check_device(Path(node), expected)
+    assert [(b.start, b.end) for b in bad] == [(5 * MiB + 4096, 8 * MiB + 4096)]
+    with pytest.raises(FlashError, match="verification failed: 1 range"):
+        verify_device(Path(node), expected)
+
+
+def test_image_not_matching_its_bmap_is_reported(
+    image: Path, loop: tuple[str, Path], tmp_path: Path
+) -> None:
+    node, _ = loop
+    with open(image, "r+b") as handle:  # damage the image after its bmap was made
+        handle.seek(40 * MiB)
+        handle.write(b"\xff" * 16)
+    result = fleet("flash", str(image), "-d", node, "--yes")
+    assert result.returncode == 6
+    assert "do not match its bmap" in result.stderr
+    assert "partial image" in result.stderr
+
+
+def test_refuses_mounted_target_unless_unmount(
+    image: Path, loop: tuple[str, Path], tmp_path: Path
+) -> None:
+    node, _ = loop
+    subprocess.run(["mkfs.ext4", "-q", "-F", node], check=True)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", node, str(mnt)], check=True)
+    try:
+        result = fleet("flash", str(image), "-d", node, "--yes")
+        assert result.returncode == 6
+        assert f"{node} is mounted" in result.stderr and "--unmount" in result.stderr
+        assert f"{node} was not changed" in result.stderr
+        result = fleet("flash", str(image), "-d", node, "--yes", "--unmount")
+        assert result.returncode == 0, result.stderr
+        assert not os.path.ismount(mnt)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False, capture_output=True)
+
+
+def test_refuses_too_small_target(image: Path, loop_factory: object) -> None:
+    node, _ = loop_factory(32 * MiB)  # type: ignore[operator]
+    result = fleet("flash", str(image), "-d", node, "--yes")
+    assert result.returncode == 6
+    assert "too small" in result.stderr and "was not changed" in result.stderr
+    assert read(node, 0, 4096) == b"\xa5" * 4096
+
+
+def test_refuses_to_ask_without_a_terminal(image: Path, loop: tuple[str, Path]) -> None:
+    node, _ = loop
+    result = fleet("flash", str(image), "-d", node)
+    assert result.returncode == 6
+    assert "pass --yes" in result.stderr
+    assert read(node, 0, 4096) == b"\xa5" * 4096
+
+
+def test_partition_is_refused(image: Path) -> None:
+    result = fleet("flash", str(image), "-d", "/dev/null", "--yes")
+    assert result.returncode == 6
+    assert "not a block device" in result.stderr
+
+
+def test_bmap_of_image_is_reproducible(image: Path, tmp_path: Path) -> None:
+    write_bmap(image, tmp_path / "again.bmap")
+    assert (tmp_path / "again.bmap").read_bytes() == image.with_name("disk.img.bmap").read_bytes()
+    assert create_bmap(image).mapped_bytes == sum(length for _, length in DATA)
