@@ -14,7 +14,7 @@ from typing import Any
 
 from fleet import __version__
 from fleet.boards import BoardProfile
-from fleet.build import bootscript, debian, disk, initramfs, kernel, payloads, rootfs
+from fleet.build import bootscript, debian, disk, initramfs, kernel, payloads, report, rootfs
 from fleet.build.app import DEFAULT_EPOCH, build_app, source_files
 from fleet.build.elf import check_tree
 from fleet.errors import BuildError
@@ -32,7 +32,7 @@ class BuildResult:
     disk: Path
     bmap: Path
     manifest: Manifest
-    report: Path | None
+    report: Path
     signed_by: tuple[str, ...]
 
 
@@ -87,7 +87,7 @@ def build(
     step("rootfs")
     staged = rootfs.assemble(
         work / "rootfs", profile, project, app_binary, roots, ktree, system_modules,
-        project.release_number, trusted_keys={},
+        project.release_number, trusted_keys={}, kernel_package=kernel_pkg[0],
     )
     check_tree(staged.root, profile.arch, profile.name)
 
@@ -98,8 +98,8 @@ def build(
     rootfs_img = release_tmp / "rootfs.squashfs"
     payloads.make_squashfs(staged.root, rootfs_img, mtime)
     boot_img = release_tmp / "boot.vfat"
-    payloads.make_fat(boot_img, _boot_files(work, profile, ktree, roots, boot_modules, mtime),
-                      "FLEETSLOT", mtime)
+    boot_files = _boot_files(work, profile, ktree, roots, boot_modules, mtime)
+    payloads.make_fat(boot_img, boot_files, "FLEETSLOT", mtime)
 
     step("release")
     manifest = Manifest(
@@ -136,7 +136,12 @@ def build(
     write_bmap(image, bmap_path)
 
     step("report")
-    report_path = _write_report(out, staged, debs, roots, release, manifest)
+    boot_entries = [
+        report.file_entry(f"/slot-boot/{name}", path, kernel_pkg[0] if name != "initrd.gz"
+                          else "fleet")
+        for name, path in sorted(boot_files.items())
+    ]
+    report_path = _write_report(out, staged, boot_entries, debs, roots, manifest)
     shutil.rmtree(work, ignore_errors=True)
     return BuildResult(release, image, bmap_path, manifest, report_path, signed)
 
@@ -231,13 +236,29 @@ def _inputs(project: Project, profile: BoardProfile, debs: dict[str, debian.Deb]
 def _write_report(
     out: Path,
     staged: rootfs.Staged,
+    boot_entries: list[report.FileEntry],
     debs: dict[str, debian.Deb],
     roots: dict[str, Path],
-    release: Path,
     manifest: Manifest,
-) -> Path | None:
-    try:
-        from fleet.build import report
-    except ImportError:
-        return None
-    return report.write_image_report(out, staged, debs, roots, release, manifest)
+) -> Path:
+    files = boot_entries + report.tree_entries(
+        staged.root, lambda image_path: staged.origin.get(image_path.lstrip("/"), "unknown")
+    )
+    used = {entry.origin for entry in files}
+    packages = [
+        report.PackageEntry(d.name, d.version, d.arch, report.package_license(roots[d.name], d.name))
+        for d in sorted(debs.values(), key=lambda d: d.name)
+        if d.name in used
+    ]
+    sizes = [report.Payload(p.file, p.size) for p in manifest.payloads]
+    sizes.append(report.Payload(DISK_IMAGE, (out / DISK_IMAGE).stat().st_size))
+    image_report = report.ImageReport(
+        app=manifest.app,
+        version=manifest.version,
+        board=manifest.board,
+        files=tuple(files),
+        packages=tuple(packages),
+        payloads=tuple(sizes),
+    )
+    sbom, summary = report.write_report(image_report, out, epoch())
+    return summary

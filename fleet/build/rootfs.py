@@ -85,6 +85,7 @@ def assemble(
     modules: list[Path],
     release_number: int,
     trusted_keys: dict[str, bytes],
+    kernel_package: str,
 ) -> Staged:
     """Fill ``staging`` with the root filesystem. ``packages`` maps a package name to its
     extracted files; ``modules`` are the system's kernel modules, dependencies first."""
@@ -121,7 +122,7 @@ def assemble(
     module_lines = []
     for module in modules:
         rel = f"lib/modules/{kernel.version}/{module.relative_to(kernel.modules_root)}"
-        staged.add_file(rel, module, profile.kernel.package, 0o644)
+        staged.add_file(rel, module, kernel_package, 0o644)
         module_lines.append(f"{kernel.version}/{module.relative_to(kernel.modules_root)}")
     staged.add_bytes("etc/fleet/modules", ("\n".join(module_lines) + "\n").encode(), "fleet")
 
