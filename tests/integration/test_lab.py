@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,10 +147,48 @@ def test_up_list_console_power_cycle_down(lab_dir: Path, tmp_path: Path) -> None
     assert off.returncode == 0, off.stderr
     assert listing(lab_dir)["b1"]["state"] == "stopped"
 
+    on = fleet(lab_dir, "lab", "power", "b1", "on", "--no-wait")
+    assert on.returncode == 0, on.stderr
+    interact_with_u_boot(lab_dir, "b1", Path(info["console_log"]))
+
     down = fleet(lab_dir, "lab", "down", "b1", "--rm")
     assert down.returncode == 0, down.stderr
     assert "b1" not in listing(lab_dir)
     assert not (lab_dir / "b1").exists()
+
+
+def wait_for(path: Path, offset: int, needle: bytes) -> bytes:
+    for _ in range(300):
+        data = path.read_bytes()[offset:]
+        if needle in data:
+            return data
+        time.sleep(0.1)
+    raise AssertionError(f"{needle!r} never appeared in {path}")
+
+
+def interact_with_u_boot(lab_dir: Path, name: str, log: Path) -> None:
+    """Attach `fleet lab console` as a user would, stop U-Boot's autoboot with a key, run
+    a command at its prompt, detach with Ctrl-]."""
+    offset = log.stat().st_size
+    console = subprocess.Popen(
+        [FLEET, "lab", "console", name],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "FLEET_LAB_DIR": str(lab_dir)},
+    )
+    assert console.stdin is not None
+    console.stdin.write(b" ")
+    console.stdin.flush()
+    wait_for(log, offset, b"=> ")
+    console.stdin.write(b"echo typed-$((6*7))\r")
+    console.stdin.flush()
+    seen = wait_for(log, offset, b"\ntyped-$((6*7))")
+    console.stdin.write(b"\x1d")
+    out, err = console.communicate(timeout=30)
+    assert console.returncode == 0
+    assert b"detach with Ctrl-]" in err
+    assert b"typed-$((6*7))" in out and b"typed-$((6*7))" in seen
 
 
 def test_timeout_names_the_last_console_line_and_keeps_the_board(
