@@ -137,6 +137,8 @@ def ssh_(
     Uses the lab's key and known_hosts with strict host key checking.
     """
     board = lab.get(name)
+    if board.running_pid() is None:
+        raise LabError(f"lab board {name!r} is not running (start it: fleet lab power {name} on)")
     argv: list[str] = [
         "ssh",
         "-i",

@@ -23,7 +23,7 @@ from fleet.lab.ports import free_loopback_port
 from fleet.lab.state import Board, all_boards, check_name, lab_root, load, save
 from fleet.lab.wait import Note, log_size, wait_up
 
-__all__ = ["UP_LINE", "Board", "down", "get", "list_boards", "power", "up"]
+__all__ = ["UP_LINE", "Board", "down", "get", "list_boards", "power", "session", "up"]
 
 UP_LINE = "fleet: system up"
 DEFAULT_APP_PORT = 8080
@@ -36,6 +36,20 @@ def _quiet(_: str) -> None:
 
 def get(name: str) -> Board:
     return load(name)
+
+
+def session(board: Board, timeout: float = 10.0) -> ssh.Session:
+    """An SSH session to the board as root with the lab's key; its host key must be the
+    one pinned when the board first came up."""
+    return ssh.Session.connect(
+        "127.0.0.1",
+        board.ssh_port,
+        "root",
+        board.key_path,
+        board.known_hosts_path,
+        trust_new=False,
+        timeout=timeout,
+    )
 
 
 def list_boards() -> list[Board]:
