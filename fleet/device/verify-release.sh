@@ -82,7 +82,7 @@ if [ "$valid" -lt "$threshold" ]; then
         case $trusted in *" $id "*) ;; *) unknown="$unknown $id" ;; esac
     done
     if [ -z "$unknown$revoked_seen" ] && [ "$valid" -eq 0 ]; then
-        fail "release is not signed by any trusted key (no signatures)"
+        fail "release is not signed (no signatures)"
     fi
     reason="$valid valid signature(s) from trusted keys, need $threshold"
     [ -n "$revoked_seen" ] && reason="$reason; signed by revoked key$revoked_seen"
