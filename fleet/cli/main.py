@@ -11,6 +11,7 @@ import typer
 from fleet import __version__
 from fleet.cli import boards, devices, flash, keys, trust
 from fleet.cli import build as build_cmd
+from fleet.cli import init as init_cmd
 from fleet.cli import lab as lab_cli
 from fleet.errors import FleetError
 
@@ -49,6 +50,7 @@ def _root(
 app.add_typer(boards.app, name="boards")
 app.add_typer(lab_cli.app, name="lab")
 app.command("build")(build_cmd.build)
+app.command("init")(init_cmd.init)
 app.add_typer(keys.app, name="keys")
 app.command("sign")(trust.sign)
 app.command("verify")(trust.verify)
