@@ -334,3 +334,45 @@ def test_key_rotation_on_host_and_board(tmp_path: Path, keys: dict[str, str]) ->
     assert "signed by revoked key" in refused("verify", r13, "--trust", board_keys, "--floor", 12)
     proc = board_check(r13, board_keys, revoked, 1, 12)
     assert proc.returncode == 1 and "signed by revoked key" in proc.stderr
+
+
+BUSYBOX = shutil.which("busybox")
+
+
+@needs_signify
+@pytest.mark.skipif(BUSYBOX is None, reason="busybox not installed (Debian busybox-static)")
+def test_board_verifier_with_busybox_only(tmp_path: Path, keys: dict[str, str]) -> None:
+    """The board has busybox and signify-openbsd, nothing else: give the script exactly that."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for applet in ("sh", "sed", "od", "base64", "sha256sum", "tr", "grep", "wc", "cut", "printf"):
+        (tools / applet).symlink_to(BUSYBOX)  # type: ignore[arg-type]
+    (tools / "signify-openbsd").symlink_to(SIGNIFY)  # type: ignore[arg-type]
+    release = tmp_path / "release"
+    make_release(release, release=5)
+    fleet("sign", release, "--key", tmp_path / "keys" / "old.sec")
+    trusted = trust_folder(tmp_path, "old")
+
+    def run(*args: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(tools / "sh"), str(VERIFY_SH), *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={"PATH": str(tools)},
+        )
+
+    proc = run(release, trusted, "", 1, 4)
+    assert proc.returncode == 0 and proc.stdout.startswith("ok release 5\n"), proc.stderr
+    proc = run(release, trusted, "", 1, 5)
+    assert proc.returncode == 1 and "is not above the board's floor 5" in proc.stderr
+    (release / "rootfs.squashfs").write_bytes(b"evil" * 10)
+    proc = run(release, trusted, "", 1, 4)
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        "verify-release: payload rootfs (rootfs.squashfs) has size 40 bytes, manifest says 650\n"
+    )
+    shutil.rmtree(release / "signatures")
+    proc = run(release, trusted, "", 1, 4)
+    assert proc.stderr == "verify-release: release is not signed (no signatures)\n"

@@ -17,6 +17,7 @@ from trust_fixtures import make_release
 
 from fleet import trust
 from fleet.errors import ReleaseError
+from fleet.release import manifest_from_bytes
 from signing import (
     SigningError,
     TrustSet,
@@ -106,7 +107,7 @@ def test_flipped_signature_byte_is_refused(release: Path, index: int, mask: int)
 def test_flipped_payload_byte_fails_its_hash(
     release: Path, which: str, index: int, mask: int
 ) -> None:
-    manifest = trust.manifest_from_bytes((release / "manifest.json").read_bytes())
+    manifest = manifest_from_bytes((release / "manifest.json").read_bytes())
     payload = manifest.payload(which)
     path = release / payload.file
     with altered(path, flip(path.read_bytes(), index, mask)):
@@ -125,7 +126,7 @@ def test_flipped_payload_byte_fails_its_hash(
 def test_truncated_or_extended_payload_fails_its_size(
     release: Path, which: str, cut: int, extra: bytes, grow: bool
 ) -> None:
-    manifest = trust.manifest_from_bytes((release / "manifest.json").read_bytes())
+    manifest = manifest_from_bytes((release / "manifest.json").read_bytes())
     payload = manifest.payload(which)
     path = release / payload.file
     data = path.read_bytes()
