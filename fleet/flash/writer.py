@@ -81,20 +81,26 @@ class DeviceWriter:
         """Write the image; return what each written range must read back as."""
         spans = _spans(bmap, source.size)
         written: list[Expected] = []
+        digest = None
+        seg_start = 0
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flash-read") as pool:
-            chunks = _prefetch(pool, _chunks(source, spans))
-            for span, chunk_start, data, last in chunks:
-                self._pwrite(data, chunk_start)
+            # The helper thread reads (and decompresses); this one hashes and writes.
+            for span, offset, data, ends in _prefetch(pool, _chunks(source, spans)):
+                if digest is None:
+                    digest, seg_start = hashlib.new(span.algorithm), offset
+                digest.update(data)
+                self._pwrite(data, offset)
                 if progress:
                     progress(len(data))
-                if last is not None:
-                    start, end, digest = last
-                    if span.digest is not None and digest != span.digest:
+                if ends:
+                    end, actual = offset + len(data), digest.hexdigest()
+                    digest = None
+                    if span.digest is not None and actual != span.digest:
                         raise FlashError(
-                            f"the image's bytes {start}-{end} do not match its bmap "
+                            f"the image's bytes {seg_start}-{end} do not match its bmap "
                             f"(corrupt image or wrong bmap); {self.state()}"
                         )
-                    written.append(Expected(start, end, span.algorithm, digest))
+                    written.append(Expected(seg_start, end, span.algorithm, actual))
         os.fsync(self.fd)
         return written
 
@@ -125,20 +131,19 @@ def _spans(bmap: Bmap | None, size: int | None) -> list[_Span]:
     ]
 
 
-# One item per chunk: (span, offset, bytes, (start, end, digest) if the span ends here).
-_Item = tuple[_Span, int, memoryview, tuple[int, int, str] | None]
+# One item per chunk: (span, device offset, bytes, whether a checked segment ends here).
+_Item = tuple[_Span, int, memoryview, bool]
 
 
 def _chunks(source: ImageSource, spans: list[_Span]) -> Iterator[_Item]:
-    """Yield the image's chunks span by span, hashing them in order. Buffers alternate
-    so the consumer may still hold the previous chunk while the next one is filled."""
+    """Yield the image's chunks span by span. Buffers rotate so that the consumer may
+    still hold the previous chunk while the next one is filled."""
     buffers = [memoryview(bytearray(CHUNK)) for _ in range(3)]
     turn = 0
     pos = 0  # stream position, for sources that cannot seek
     for span in spans:
         if source.raw_fd is None and span.start > pos:
             pos = _skip(source, pos, span.start, buffers[turn])
-        digest = hashlib.new(span.algorithm)
         offset = span.start
         seg_start = offset
         while span.end is None or offset < span.end:
@@ -153,24 +158,18 @@ def _chunks(source: ImageSource, spans: list[_Span]) -> Iterator[_Item]:
             if got < want and span.end is not None:
                 raise FlashError(f"{source.path} ends at byte {offset + got}, before its bmap")
             if got == 0:
-                if span.end is None and offset > seg_start:
-                    yield span, offset, view[:0], (seg_start, offset, digest.hexdigest())
+                if offset > seg_start:  # streaming without a size: close the last segment
+                    yield span, offset, view[:0], True
                 break
-            digest.update(view[:got])
             offset += got
-            ends = span.end is not None and offset >= span.end
-            if span.end is None and offset - seg_start >= SEGMENT:
-                # streaming without a size: cut the check into segments as we go
-                yield span, offset - got, view[:got], (seg_start, offset, digest.hexdigest())
-                digest = hashlib.new(span.algorithm)
-                seg_start = offset
-                continue
-            yield (
-                span,
-                offset - got,
-                view[:got],
-                (seg_start, offset, digest.hexdigest()) if ends else None,
-            )
+            if span.end is None:
+                # without a size, cut the check into segments as the stream goes
+                ends = offset - seg_start >= SEGMENT
+                if ends:
+                    seg_start = offset
+            else:
+                ends = offset >= span.end
+            yield span, offset - got, view[:got], ends
 
 
 def _skip(source: ImageSource, pos: int, target: int, scratch: memoryview) -> int:
