@@ -26,8 +26,11 @@ def sign(
 ) -> None:
     """Add a signature to a release (signatures/KEYID.sig).
 
-    The payloads are checked against the manifest first. Signing again with the same
-    key changes nothing; sign with several keys to rotate keys or to meet a threshold.
+    The payloads are checked against the manifest first; a mismatch is refused.
+
+    Signing again with the same key changes nothing.
+
+    Sign with several keys to rotate keys or to meet a threshold (docs/trust.md).
 
     Example: fleet sign out/release --key keys/release-2025.sec
     """
@@ -59,9 +62,11 @@ def verify(
 ) -> None:
     """Check a release exactly as a board would; exit 0 only if it passes.
 
-    The signatures must meet the trust policy, the manifest must be well formed, board
-    and floor must match, and every payload's size and SHA-256 must match the manifest.
-    Otherwise one line says what failed and the exit code is 5.
+    Signatures must meet the trust policy; the manifest must be well formed.
+
+    Board and floor must match; each payload's size and SHA-256 must match the manifest.
+
+    On failure one line says exactly what failed, and the exit code is 5.
 
     Example: fleet verify out/release --trust keys/ --floor 41 --board rpi4b
     """
