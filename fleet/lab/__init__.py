@@ -15,7 +15,7 @@ from pathlib import Path
 import paramiko
 
 from fleet import ssh
-from fleet.boards import get_profile
+from fleet.boards import BoardProfile, get_profile
 from fleet.errors import LabError, UsageError
 from fleet.lab import disk, qemu
 from fleet.lab.keys import ensure_client_key
@@ -93,14 +93,39 @@ def up(
         ssh.forget_host(old.known_hosts_path, "127.0.0.1", old.ssh_port)
     if profile.qemu.disk == "sd":
         disk.require_power_of_two(source, profile.qemu.machine)
+    fresh = not state_dir.exists()
     state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        record = _flash(profile, name, source, state_dir, root, in_place, app_port, note)
+    except BaseException:
+        if fresh:
+            # Nothing half-made stays behind for a board that never existed.
+            shutil.rmtree(state_dir, ignore_errors=True)
+        raise
+    record = replace(record, up_line=up_line, wait_ssh=wait_ssh)
+    save(record)
+    return _boot(record, timeout, down_on_failure, note)
+
+
+def _flash(
+    profile: BoardProfile,
+    name: str,
+    source: Path,
+    state_dir: Path,
+    root: Path,
+    in_place: bool,
+    app_port: int,
+    note: Note,
+) -> Board:
+    """Copy and provision the disk; return the board record (not yet saved)."""
+    assert profile.qemu is not None
     public_key = ensure_client_key(root / "id_ed25519")
 
     if in_place:
         target = source
     else:
         target = state_dir / "disk.img"
-        note(f"{name}: copying {disk_image} to {target}")
+        note(f"{name}: copying {source} to {target}")
         disk.copy_sparse(source, target)
     disk.provision(target, name, public_key)
 
@@ -128,15 +153,14 @@ def up(
         app_guest_port=app_port,
         qemu_argv=tuple(argv),
         extracts=extracts,
-        up_line=up_line,
-        wait_ssh=wait_ssh,
+        up_line=UP_LINE,
+        wait_ssh=True,
         pid=None,
         root=root,
     )
     record.console_log.unlink(missing_ok=True)
     ssh.forget_host(record.known_hosts_path, "127.0.0.1", ssh_port)
-    save(record)
-    return _boot(record, timeout, down_on_failure, note)
+    return record
 
 
 def _launch(board: Board, note: Note) -> tuple[Board, int]:
