@@ -19,7 +19,7 @@ from pathlib import Path
 from fleet.build import elf
 from fleet.errors import BuildError
 from fleet.project import Project
-from fleet.run import quote, run, which
+from fleet.run import run, which
 
 
 @dataclass(frozen=True)
@@ -190,12 +190,14 @@ def _build_go(project: Project, target: Target, out: Path, cache: Path, epoch: i
 
 def _build_command(project: Project, target: Target, out: Path, cache: Path, epoch: int) -> None:
     assert project.build.command is not None
-    cflags = [*_reproducible_cflags(project), _version_define(project), *project.build.flags]
+    # Plain words, as make and configure scripts expect $CFLAGS; the version is in
+    # $APP_VERSION for a recipe that wants to compile it in.
+    cflags = " ".join([*_reproducible_cflags(project), *project.build.flags])
     env = _go_env(target, cache, epoch)
     env.update(
         {
             "CC": which(target.cc) if target.name != "host" else target.cc,
-            "CFLAGS": quote(cflags),
+            "CFLAGS": cflags,
             "GOARCH": target.goarch,
             "GOARM": target.goarm,
             "OUT": str(out),
