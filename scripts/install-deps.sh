@@ -4,7 +4,7 @@
 set -eu
 
 PACKAGES="
-qemu-system-arm qemu-utils u-boot-qemu u-boot-rpi dropbear-bin
+qemu-system-arm qemu-utils u-boot-qemu u-boot-rpi:arm64 dropbear-bin
 gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross
 golang-go
 squashfs-tools dosfstools mtools fdisk u-boot-tools e2fsprogs
@@ -27,6 +27,10 @@ done
 
 if [ -n "$missing" ]; then
     echo "installing Debian packages:$missing"
+    # Some board firmware (u-boot-rpi) exists only as an arm64 package: multiarch.
+    if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+        $SUDO dpkg --add-architecture arm64
+    fi
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
 fi

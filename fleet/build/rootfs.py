@@ -221,7 +221,7 @@ def _add_system_files(
     staged: Staged, profile: BoardProfile, project: Project, release_number: int
 ) -> None:
     for name in ("rc.sysinit", "rc.shutdown", "run-sshd", "run-app", "health-watch",
-                 "udhcpc.script"):
+                 "net-up", "udhcpc.script"):
         staged.add_file(f"etc/fleet/{name}", DEVICE_DIR / name, "fleet", 0o755)
     staged.add_file("etc/inittab", DEVICE_DIR / "inittab", "fleet", 0o644)
     staged.add_link("sbin/init", "/bin/busybox", "busybox-static")
