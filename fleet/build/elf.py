@@ -13,6 +13,7 @@ The reader itself lives in ``fleet.build.elffile``; its public names are re-expo
 from __future__ import annotations
 
 import os
+import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -132,9 +133,14 @@ class _Image:
         else:
             candidates = []
             for folder in dirs:
-                if folder not in looked:
-                    looked.append(folder)
-                    candidates.append(f"{folder.rstrip('/')}/{name}")
+                # Shown tidied (/app/bin/../lib as /app/lib); looked up as written, since
+                # a symlinked folder makes ".." mean something else.
+                shown = posixpath.normpath(folder)
+                if shown not in looked:
+                    looked.append(shown)
+                candidate = f"{folder.rstrip('/')}/{name}"
+                if candidate not in candidates:
+                    candidates.append(candidate)
         for candidate in candidates:
             hit = resolve_file(self.root, candidate)
             if hit is None:
