@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from fleet import lab
-from fleet.cli.output import JSON_HELP, note, out, print_json
+from fleet.cli.output import JSON_HELP, err, note, out, print_json
 from fleet.errors import LabError
 from fleet.lab.console import attach, print_log
 from fleet.lab.state import Board
@@ -46,6 +48,16 @@ def _info(board: Board) -> dict[str, Any]:
         "key": str(board.key_path),
         "known_hosts": str(board.known_hosts_path),
     }
+
+
+@contextlib.contextmanager
+def _live_status() -> Iterator[Callable[[str], None] | None]:
+    """A status line that follows the boot on a terminal; nothing when stderr is a file."""
+    if not err.is_terminal:
+        yield None
+        return
+    with err.status("booting") as live:
+        yield lambda text: live.update(escape(text))
 
 
 def _print_board(board: Board) -> None:
@@ -90,18 +102,20 @@ def up(
     port answers with an SSH banner. The board's SSH host key is then pinned in the lab's
     known_hosts. On timeout the board keeps running for inspection.
     """
-    result = lab.up(
-        board,
-        disk_image,
-        name,
-        in_place=in_place,
-        timeout=timeout,
-        app_port=app_port,
-        up_line=up_line,
-        wait_ssh=not no_ssh_wait,
-        down_on_failure=down_on_failure,
-        note=note,
-    )
+    with _live_status() as status:
+        result = lab.up(
+            board,
+            disk_image,
+            name,
+            in_place=in_place,
+            timeout=timeout,
+            app_port=app_port,
+            up_line=up_line,
+            wait_ssh=not no_ssh_wait,
+            down_on_failure=down_on_failure,
+            note=note,
+            status=status,
+        )
     if json_out:
         print_json(_info(result))
     else:
@@ -209,7 +223,8 @@ def power(
 ) -> None:
     """Cut or restore the board's power: off kills QEMU at once (a real power cut);
     on boots it again on the same disk and ports and waits until it is up."""
-    board = lab.power(name, action, wait=not no_wait, timeout=timeout, note=note)
+    with _live_status() as status:
+        board = lab.power(name, action, wait=not no_wait, timeout=timeout, note=note, status=status)
     if json_out:
         print_json(_info(board))
     else:

@@ -68,6 +68,7 @@ def up(
     wait_ssh: bool = True,
     down_on_failure: bool = False,
     note: Note = _quiet,
+    status: Note | None = None,
 ) -> Board:
     """Flash ``disk_image`` onto a new virtual board of profile ``board`` and boot it.
 
@@ -104,7 +105,7 @@ def up(
         raise
     record = replace(record, up_line=up_line, wait_ssh=wait_ssh)
     save(record)
-    return _boot(record, timeout, down_on_failure, note)
+    return _boot(record, timeout, down_on_failure, note, status)
 
 
 def _flash(
@@ -187,10 +188,12 @@ def _launch(board: Board, note: Note) -> tuple[Board, int]:
     return board, offset
 
 
-def _boot(board: Board, timeout: float, down_on_failure: bool, note: Note) -> Board:
+def _boot(
+    board: Board, timeout: float, down_on_failure: bool, note: Note, status: Note | None
+) -> Board:
     board, offset = _launch(board, note)
     try:
-        took = wait_up(board, offset, timeout, note)
+        took = wait_up(board, offset, timeout, note, status)
     except LabError:
         if down_on_failure:
             qemu.stop(board, hard=True)
@@ -238,6 +241,7 @@ def power(
     wait: bool = True,
     timeout: float = 120.0,
     note: Note = _quiet,
+    status: Note | None = None,
 ) -> Board:
     """``off``: kill QEMU at once (a power cut, no flush of guest state); ``on``: start it
     again on the same disk and ports; ``cycle``: both. ``on``/``cycle`` wait for the board
@@ -257,5 +261,5 @@ def power(
     if not board.disk.exists():
         raise LabError(f"disk {board.disk} of board {name!r} is gone")
     if wait:
-        return _boot(board, timeout, False, note)
+        return _boot(board, timeout, False, note, status)
     return _launch(board, note)[0]

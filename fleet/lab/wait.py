@@ -82,9 +82,12 @@ class ConsoleWatch:
         return False
 
 
-def wait_up(board: Board, offset: int, timeout: float, note: Note) -> float:
+def wait_up(
+    board: Board, offset: int, timeout: float, note: Note, status: Note | None = None
+) -> float:
     """Wait until ``board`` is up; return the seconds it took. On timeout or if QEMU
-    exits, raise LabError naming the last console line and the log."""
+    exits, raise LabError naming the last console line and the log. ``status`` (a live
+    status line) gets the elapsed time and the latest console line as the boot goes."""
     start = time.monotonic()
     deadline = start + timeout
     watch = ConsoleWatch(board.console_log, offset, board.up_line)
@@ -110,6 +113,9 @@ def wait_up(board: Board, offset: int, timeout: float, note: Note) -> float:
             )
             if banner is not None and banner.startswith(b"SSH-2.0"):
                 return time.monotonic() - start
+        if status is not None:
+            line = last_console_line(board.console_log)
+            status(f"{board.name}: {time.monotonic() - start:4.0f} s  {line[:90]}")
         if time.monotonic() >= deadline:
             waiting = "an SSH banner" if console_ok else f"console line {board.up_line!r}"
             raise LabError(
