@@ -54,8 +54,15 @@ def build(
     out: Path,
     *,
     key: Path | None = None,
+    trust: Path | None = None,
     step: Callable[[str], None] = lambda name: None,
 ) -> BuildResult:
+    """Build the release and disk image into ``out``.
+
+    ``key`` signs the release. ``trust`` (a trust folder or one public key) is what the
+    image's board will trust; without it the board trusts ``key``'s public key, and
+    with neither it trusts nothing and refuses every update until re-flashed.
+    """
     mtime = epoch()
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -87,7 +94,7 @@ def build(
     step("rootfs")
     staged = rootfs.assemble(
         work / "rootfs", profile, project, app_binary, roots, ktree, system_modules,
-        project.release_number, trusted_keys={}, kernel_package=kernel_pkg[0],
+        project.release_number, _board_trust(key, trust), kernel_package=kernel_pkg[0],
     )
     check_tree(staged.root, profile.arch, profile.name)
 
@@ -144,6 +151,22 @@ def build(
     report_path = _write_report(out, staged, boot_entries, debs, roots, manifest)
     shutil.rmtree(work, ignore_errors=True)
     return BuildResult(release, image, bmap_path, manifest, report_path, signed)
+
+
+def _board_trust(key: Path | None, trust: Path | None) -> rootfs.BoardTrust:
+    from fleet.trust import load_secret_key, load_trust
+
+    if trust is not None:
+        trusted = load_trust(trust)
+        return rootfs.BoardTrust(
+            keys={kid: pub.to_bytes() for kid, pub in trusted.keys.items()},
+            revoked=frozenset(trusted.revoked),
+            threshold=trusted.threshold,
+        )
+    if key is not None:
+        public = load_secret_key(key).public
+        return rootfs.BoardTrust(keys={public.key_id: public.to_bytes()})
+    return rootfs.BoardTrust(keys={})
 
 
 def _boot_files(

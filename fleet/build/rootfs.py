@@ -35,6 +35,15 @@ SBIN_APPLETS = {"init", "insmod", "lsmod", "modprobe", "mke2fs", "ifconfig", "ro
                 "reboot", "poweroff", "halt", "udhcpc", "watchdog", "blkid"}
 
 
+@dataclass(frozen=True)
+class BoardTrust:
+    """What the board trusts: signify public keys by key id, revoked ids, threshold."""
+
+    keys: dict[str, bytes]
+    revoked: frozenset[str] = frozenset()
+    threshold: int = 1
+
+
 @dataclass
 class Staged:
     """What went into the staging folder, and where each file came from."""
@@ -84,7 +93,7 @@ def assemble(
     kernel: KernelTree,
     modules: list[Path],
     release_number: int,
-    trusted_keys: dict[str, bytes],
+    trust: BoardTrust,
     kernel_package: str,
 ) -> Staged:
     """Fill ``staging`` with the root filesystem. ``packages`` maps a package name to its
@@ -127,8 +136,14 @@ def assemble(
     staged.add_bytes("etc/fleet/modules", ("\n".join(module_lines) + "\n").encode(), "fleet")
 
     _add_system_files(staged, profile, project, release_number)
-    for keyid, pub in sorted(trusted_keys.items()):
+    # The board's own trust, pinned in its read-only root: it verifies every release
+    # itself, whatever the host did or did not check.
+    for keyid, pub in sorted(trust.keys.items()):
         staged.add_bytes(f"etc/fleet/keys/{keyid}.pub", pub, "fleet")
+    revoked = "".join(f"{keyid}\n" for keyid in sorted(trust.revoked))
+    staged.add_bytes("etc/fleet/revoked", revoked.encode(), "fleet")
+    staged.add_bytes("etc/fleet/threshold", f"{trust.threshold}\n".encode(), "fleet")
+    staged.add_file("etc/fleet/verify-release", DEVICE_DIR / "verify-release.sh", "fleet", 0o755)
     return staged
 
 

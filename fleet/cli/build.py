@@ -18,6 +18,11 @@ def build(
     project_dir: Path = typer.Option(Path("."), "--project", "-p", help="Folder holding fleet.toml."),
     out_dir: Path = typer.Option(Path("out"), "--out", "-o", help="Where the release, disk image and report go."),
     key: Path | None = typer.Option(None, "--key", help="Sign the release with this private key."),
+    trust: Path | None = typer.Option(
+        None, "--trust",
+        help="Keys the board will trust (folder of *.pub with revoked/threshold, or one .pub). "
+        "Default: the --key's public key.",
+    ),
     host: bool = typer.Option(False, "--host", help="Build only the app, for this machine, to test it natively."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
@@ -51,7 +56,7 @@ def build(
             if not progress.console.is_terminal:
                 note(f"build: {name}")
 
-        result = run_build(project, profile, out_dir, key=key, step=step)
+        result = run_build(project, profile, out_dir, key=key, trust=trust, step=step)
         progress.update(task, completed=len(STEPS), description="build: done")
     seconds = time.monotonic() - started
     sizes = {p.name: p.size for p in result.manifest.payloads}
