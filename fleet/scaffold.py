@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fleet import REPO_ROOT
 from fleet.errors import ConfigError, UsageError
-from fleet.project import PROJECT_FILE, load_project
+from fleet.project import LOCK_FILE, PROJECT_FILE, load_project
 
 EXAMPLES = REPO_ROOT / "examples"
 TEMPLATES = {"c": "hello-c", "go": "hello-go"}
@@ -43,7 +43,8 @@ def template_files(template: Path) -> list[Path]:
     for folder, dirs, names in os.walk(template):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIP_DIRS)
         for name in sorted(names):
-            if not name.startswith("."):
+            # A lock pins the example's own package versions; a new app makes its own.
+            if not name.startswith(".") and name != LOCK_FILE:
                 files.append((Path(folder) / name).relative_to(template))
     return files
 
