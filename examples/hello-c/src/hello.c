@@ -180,8 +180,11 @@ int main(void)
         int fd = accept(server, (struct sockaddr *)&peer, &peer_len);
 
         if (fd < 0) {
-            if (errno != EINTR)
+            if (errno != EINTR) {
                 perror("hello-c: accept");
+                /* Out of descriptors or memory: back off instead of spinning. */
+                usleep(100000);
+            }
             continue;
         }
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
