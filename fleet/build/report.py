@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -82,8 +83,15 @@ def tree_entries(root: Path, origin_of: Callable[[str], str]) -> list[FileEntry]
     """Entries for every regular file under ``root`` (symlinks and folders are not
     files in SPDX's sense); ``origin_of`` maps an image path like /bin/busybox to its
     origin."""
+    hosts: list[Path] = []
+    # os.walk does not descend into symlinked folders (/lib -> usr/lib), so nothing
+    # is listed twice.
+    for folder, _dirs, names in os.walk(root):
+        hosts += [Path(folder) / n for n in names]
     entries = []
-    for host in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+    for host in sorted(hosts):
+        if host.is_symlink() or not host.is_file():
+            continue
         image_path = "/" + host.relative_to(root).as_posix()
         entries.append(file_entry(image_path, host, origin_of(image_path)))
     return entries

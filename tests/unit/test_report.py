@@ -93,6 +93,7 @@ def test_file_entries_hash_the_bytes(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/motd").write_bytes(b"hi\n")
     os.symlink("busybox", tmp_path / "bin/sh")
+    os.symlink("bin", tmp_path / "sbin")
     entries = rpt.tree_entries(tmp_path, lambda p: "busybox" if p.startswith("/bin") else "fleet")
     assert entries == [
         FileEntry(
