@@ -53,6 +53,9 @@ class PackageEntry:
 class Payload:
     name: str  # e.g. boot.vfat, rootfs.squashfs, disk.img
     size: int
+    # False for what is listed but not shipped in a release (the disk image holds the
+    # payloads, so adding it to the total would count them twice).
+    counted: bool = True
 
 
 @dataclass(frozen=True)
@@ -474,8 +477,8 @@ def summary_text(report: ImageReport) -> str:
     for payload in report.payloads:
         lines.append(f"  {payload.name:<28} {human(payload.size):>10}  {payload.size:>12,} bytes")
     if report.payloads:
-        total = sum(p.size for p in report.payloads)
-        lines.append(f"  {'total':<28} {human(total):>10}  {total:>12,} bytes")
+        total = sum(p.size for p in report.payloads if p.counted)
+        lines.append(f"  {'total (release payloads)':<28} {human(total):>10}  {total:>12,} bytes")
     files_total = sum(f.size for f in report.files)
     lines += [
         "",

@@ -133,7 +133,11 @@ def sample() -> ImageReport:
             PackageEntry("busybox", "1:1.35.0-4+b3", "arm64", "GPL-2.0-only"),
             PackageEntry("libstdc++6", "12.2.0-14", "arm64", "LicenseRef-GPL-3-plus-with-GCC"),
         ),
-        payloads=(Payload("boot.vfat", 12 * 1024 * 1024), Payload("rootfs.squashfs", 3_500_000)),
+        payloads=(
+            Payload("boot.vfat", 12 * 1024 * 1024),
+            Payload("rootfs.squashfs", 3_500_000),
+            Payload("disk.img", 256 * 1024 * 1024, counted=False),
+        ),
     )
 
 
@@ -228,7 +232,8 @@ def test_write_report_writes_both_files(tmp_path: Path) -> None:
     text = summary.read_text()
     assert text.startswith("fleet image report: hello-c 1.2.3 for board qemu-virt-arm64\n")
     assert "boot.vfat" in text and "12.0 MiB" in text and "12,582,912 bytes" in text
-    assert "total" in text and "15.3 MiB" in text
+    assert "disk.img" in text and "256.0 MiB" in text
+    assert re.search(r"total \(release payloads\) +15\.3 MiB", text)
     assert "Contents: 5 files, 3.5 MiB uncompressed, from 3 Debian packages" in text
     lines = text.splitlines()
     largest = lines.index("Largest files")
