@@ -139,10 +139,14 @@ def stop(board: Board, hard: bool, grace: float = 10.0) -> bool:
     if pid is None:
         return False
     kill(pid, signal.SIGKILL if hard else signal.SIGTERM)
+    killed = hard
     deadline = time.monotonic() + grace
     while board.running_pid() is not None:
         if time.monotonic() > deadline:
+            if killed:
+                raise LabError(f"QEMU of board {board.name} (pid {pid}) does not die")
             kill(pid, signal.SIGKILL)
+            killed = True
             deadline = time.monotonic() + grace
         time.sleep(0.05)
     board.pidfile.unlink(missing_ok=True)
