@@ -14,7 +14,7 @@ from pathlib import Path
 
 import paramiko
 
-from fleet import ssh
+from fleet import provision, ssh
 from fleet.boards import BoardProfile, get_profile
 from fleet.errors import LabError, UsageError
 from fleet.lab import disk, qemu
@@ -23,7 +23,18 @@ from fleet.lab.ports import free_loopback_port
 from fleet.lab.state import Board, all_boards, check_name, lab_root, load, save
 from fleet.lab.wait import Note, log_size, wait_up
 
-__all__ = ["UP_LINE", "Board", "down", "get", "list_boards", "power", "session", "up"]
+__all__ = [
+    "UP_LINE",
+    "Board",
+    "console_mark",
+    "down",
+    "get",
+    "list_boards",
+    "power",
+    "session",
+    "up",
+    "wait_until_up",
+]
 
 UP_LINE = "fleet: system up"
 DEFAULT_APP_PORT = 8080
@@ -36,6 +47,18 @@ def _quiet(_: str) -> None:
 
 def get(name: str) -> Board:
     return load(name)
+
+
+def console_mark(board: Board) -> int:
+    """Where the console log ends now: pass it to ``wait_until_up`` to wait for a boot that
+    starts after this moment (e.g. a reboot the board does itself after an update)."""
+    return log_size(board.console_log)
+
+
+def wait_until_up(board: Board, since: int, timeout: float = 120.0, note: Note = _quiet) -> float:
+    """Wait for the board's up condition in console output after ``since``; return the
+    seconds waited. Raises LabError like ``up`` does."""
+    return wait_up(board, since, timeout, note)
 
 
 def session(board: Board, timeout: float = 10.0) -> ssh.Session:
@@ -69,6 +92,7 @@ def up(
     down_on_failure: bool = False,
     note: Note = _quiet,
     status: Note | None = None,
+    settings: provision.Settings | None = None,
 ) -> Board:
     """Flash ``disk_image`` onto a new virtual board of profile ``board`` and boot it.
 
@@ -97,7 +121,9 @@ def up(
     fresh = not state_dir.exists()
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
-        record = _flash(profile, name, source, state_dir, root, in_place, app_port, note)
+        record = _flash(
+            profile, name, source, state_dir, root, in_place, app_port, note, settings
+        )
     except BaseException:
         if fresh:
             # Nothing half-made stays behind for a board that never existed.
@@ -117,6 +143,7 @@ def _flash(
     in_place: bool,
     app_port: int,
     note: Note,
+    settings: provision.Settings | None = None,
 ) -> Board:
     """Copy and provision the disk; return the board record (not yet saved)."""
     assert profile.qemu is not None
@@ -128,7 +155,8 @@ def _flash(
         target = state_dir / "disk.img"
         note(f"{name}: copying {source} to {target}")
         disk.copy_sparse(source, target)
-    disk.provision(target, name, public_key)
+    # The lab's own key is always allowed in, so the lab can reach what it boots.
+    provision.write(target, provision.with_defaults(settings, name, [public_key.strip()]))
 
     ssh_port = free_loopback_port()
     http_port = free_loopback_port({ssh_port})

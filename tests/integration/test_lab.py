@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -253,3 +254,20 @@ def test_bad_names_and_unknown_boards(lab_dir: Path, tmp_path: Path) -> None:
     assert proc.stderr.strip() == "fleet: error: no lab board named 'ghost' (boards: none)"
     with pytest.raises(UsageError, match="not virtual"):
         lab.up("rpi4b", image, "real")
+
+
+def test_a_reset_reboots_in_the_same_qemu_and_wait_until_up_sees_it(
+    lab_dir: Path, tmp_path: Path
+) -> None:
+    image = make_disk(tmp_path / "disk.img", 32)
+    board = lab.up("qemu-virt-arm64", image, "r1", timeout=60, wait_ssh=False)
+    pid = board.running_pid()
+    mark = lab.console_mark(board)
+    # What a board does when it reboots itself (A/B switch) or its watchdog fires.
+    with socket.socket(socket.AF_UNIX) as monitor:
+        monitor.connect(str(board.monitor_socket))
+        monitor.sendall(b"system_reset\n")
+        wait_for(board.console_log, mark, b"U-Boot")
+    lab.wait_until_up(board, mark, timeout=60)
+    assert board.running_pid() == pid
+    assert board.console_log.read_text(errors="replace").count("fleet: system up") == 2
