@@ -23,7 +23,7 @@ import os
 import re
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from fleet.errors import ConfigError, UsageError
@@ -311,7 +311,6 @@ class Options:
     settings_file: Path | None = None
     serial: str | None = None
     recreate_data: bool = False
-    extra_keys: tuple[str, ...] = field(default=())  # already-read keys (the lab's own)
 
     def given(self) -> bool:
         return bool(
@@ -345,11 +344,6 @@ def from_options(opts: Options) -> Settings:
         else base.files,
         recreate_data=opts.recreate_data or base.recreate_data,
     )
-    if opts.extra_keys:
-        merged = list(opts.extra_keys) + [
-            k for k in settings.authorized_keys if k not in opts.extra_keys
-        ]
-        settings = replace(settings, authorized_keys=tuple(merged))
     return settings
 
 
@@ -583,3 +577,11 @@ def describe(settings: Settings) -> str:
     if settings.recreate_data:
         parts.append("recreate damaged data")
     return ", ".join(parts) or "nothing"
+
+
+def with_defaults(settings: Settings | None, hostname: str, keys: Sequence[str]) -> Settings:
+    """``settings`` with ``hostname`` when none was given and ``keys`` always allowed first
+    (the lab's own key, so the lab can reach every board it boots)."""
+    base = settings or Settings()
+    merged = list(keys) + [k for k in base.authorized_keys if k not in keys]
+    return replace(base, hostname=base.hostname or hostname, authorized_keys=tuple(merged))

@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from fleet import provision
+from fleet.cli import provision as provision_opts
 from fleet.cli.output import JSON_HELP, bytes_progress, note, out, print_json
 from fleet.errors import FlashError, UsageError
 from fleet.flash import rpiboot
@@ -140,6 +142,12 @@ def flash(
     rpiboot_files: Annotated[
         Path, typer.Option("--rpiboot-files", help="Folder with the mass-storage-gadget files.")
     ] = RPIBOOT_FILES,
+    hostname: provision_opts.HostnameOpt = None,
+    authorized_key: provision_opts.KeyOpt = None,
+    network: provision_opts.NetworkOpt = None,
+    config_file: provision_opts.ConfigFileOpt = None,
+    settings_file: provision_opts.SettingsOpt = None,
+    serial: provision_opts.SerialOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Write IMAGE to a USB disk, SD card or board, then read it back to prove it.
@@ -148,10 +156,19 @@ def flash(
     data are written, each checked against its SHA-256. Refuses system drives, mounted
     or too-small targets; asks before writing unless --yes.
 
-    Examples: fleet flash out/disk.img --wait; fleet flash disk.img.zst -d /dev/sdb --yes
+    With --hostname, --authorized-key, --network, --config-file or --settings the board's
+    own settings then go into its first partition (docs/provisioning.md); they are
+    checked before anything is written.
+
+    Examples: fleet flash out/disk.img --wait; fleet flash disk.img.zst -d /dev/sdb --yes;
+    fleet flash out/disk.img -d /dev/sdb --hostname kiosk-01 --authorized-key ~/.ssh/id_ed25519.pub
     """
     if not image.is_file():
         raise UsageError(f"image {image} does not exist")
+    opts = provision_opts.options(
+        hostname, authorized_key, network, config_file, settings_file, serial or usb_serial
+    )
+    settings = provision.from_options(opts) if opts.given() else None
     the_bmap, bmap_path = find_bmap(image, bmap, not no_bmap)
     with open_image(image) as source:
         size = image_size(source, the_bmap)
@@ -171,9 +188,16 @@ def flash(
             result = run_flash(
                 source, the_bmap, bmap_path, target, verify=not no_verify, phase=phase
             )
+    if settings is not None:
+        provision.write(Path(target.node), settings)
     if json_out:
-        print_json(result.as_dict())
+        data = result.as_dict()
+        if settings is not None:
+            data["provisioned"] = settings.as_dict()
+        print_json(data)
         return
+    if settings is not None:
+        out.print(f"provisioned {target.node}: {provision.describe(settings)}")
     how = "verified by read-back" if result.verified else "NOT verified (--no-verify)"
     via = f" using {Path(result.bmap).name}" if result.bmap else ""
     out.print(

@@ -12,7 +12,8 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from fleet import lab
+from fleet import lab, provision
+from fleet.cli import provision as provision_opts
 from fleet.cli.output import JSON_HELP, err, note, out, print_json
 from fleet.errors import LabError
 from fleet.lab.console import attach, print_log
@@ -94,14 +95,25 @@ def up(
     down_on_failure: bool = typer.Option(
         False, "--down-on-failure", help="Stop the board if it does not come up (default: keep it)."
     ),
+    hostname: provision_opts.HostnameOpt = None,
+    authorized_key: provision_opts.KeyOpt = None,
+    network: provision_opts.NetworkOpt = None,
+    config_file: provision_opts.ConfigFileOpt = None,
+    settings_file: provision_opts.SettingsOpt = None,
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Flash DISK onto a new virtual board and boot it; return when it is up.
+
+    The board's hostname is --hostname (default: its name); the lab's SSH key is always
+    allowed in, beside any --authorized-key (see docs/provisioning.md).
 
     Up means: the console printed the up line ('fleet: system up') and the forwarded SSH
     port answers with an SSH banner. The board's SSH host key is then pinned in the lab's
     known_hosts. On timeout the board keeps running for inspection.
     """
+    opts = provision_opts.options(hostname, authorized_key, network, config_file, settings_file)
+    # Checked before the disk is copied, so a bad value leaves no board behind.
+    settings = provision.from_options(opts) if opts.given() else None
     with _live_status() as status:
         result = lab.up(
             board,
@@ -115,6 +127,7 @@ def up(
             down_on_failure=down_on_failure,
             note=note,
             status=status,
+            settings=settings,
         )
     if json_out:
         print_json(_info(result))

@@ -13,6 +13,7 @@ from fleet.cli import boards, devices, flash, keys, trust
 from fleet.cli import build as build_cmd
 from fleet.cli import init as init_cmd
 from fleet.cli import lab as lab_cli
+from fleet.cli import provision as provision_cli
 from fleet.errors import FleetError
 
 app = typer.Typer(
@@ -56,6 +57,7 @@ app.command("sign")(trust.sign)
 app.command("verify")(trust.verify)
 app.command("flash")(flash.flash)
 app.command("devices")(devices.devices)
+app.command("provision")(provision_cli.provision_cmd)
 
 
 def main() -> None:

@@ -121,9 +121,7 @@ def up(
     fresh = not state_dir.exists()
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
-        record = _flash(
-            profile, name, source, state_dir, root, in_place, app_port, note, settings
-        )
+        record = _flash(profile, name, source, state_dir, root, in_place, app_port, note, settings)
     except BaseException:
         if fresh:
             # Nothing half-made stays behind for a board that never existed.

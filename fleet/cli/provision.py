@@ -1,0 +1,111 @@
+"""``fleet provision``: write a board's own settings (hostname, SSH keys, network, app
+config files) into a flashed card or disk image; and the same options for ``fleet flash``
+and ``fleet lab up``, declared once here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fleet import provision
+from fleet.cli.output import JSON_HELP, out, print_json
+
+HostnameOpt = Annotated[
+    str | None,
+    typer.Option("--hostname", help="The board's hostname (also its key in --settings)."),
+]
+KeyOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--authorized-key",
+        help="SSH public key file (.pub or authorized_keys) allowed to log in; repeatable.",
+    ),
+]
+NetworkOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--network",
+        help="dhcp, or static:ADDR/PREFIX[,GATEWAY[,DNS...]], e.g. static:192.0.2.10/24,192.0.2.1",
+    ),
+]
+ConfigFileOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--config-file",
+        help="SRC:DEST - host file SRC becomes /data/app/config/DEST on the board; repeatable.",
+    ),
+]
+SettingsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--settings",
+        help="Per-board settings file (boards.toml); the board is found by --hostname or --serial.",
+    ),
+]
+SerialOpt = Annotated[
+    str | None, typer.Option("--serial", help="The board's serial, to find it in --settings.")
+]
+RecreateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--recreate-data",
+        help="Ask the board to make a new data filesystem at its next boot if its data "
+        "partition is damaged (a healthy one is never touched).",
+    ),
+]
+
+
+def options(
+    hostname: str | None = None,
+    keys: list[Path] | None = None,
+    network: str | None = None,
+    config_files: list[str] | None = None,
+    settings: Path | None = None,
+    serial: str | None = None,
+    recreate_data: bool = False,
+) -> provision.Options:
+    return provision.Options(
+        hostname=hostname,
+        key_files=tuple(keys or ()),
+        network=network,
+        config_files=tuple(config_files or ()),
+        settings_file=settings,
+        serial=serial,
+        recreate_data=recreate_data,
+    )
+
+
+def provision_cmd(
+    target: Annotated[
+        Path, typer.Argument(help="Disk image file or whole-disk device (e.g. /dev/sdb).")
+    ],
+    hostname: HostnameOpt = None,
+    authorized_key: KeyOpt = None,
+    network: NetworkOpt = None,
+    config_file: ConfigFileOpt = None,
+    settings: SettingsOpt = None,
+    serial: SerialOpt = None,
+    recreate_data: RecreateOpt = False,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Write per-board settings into TARGET's first partition, leaving the signed slots
+    untouched; the board applies them at its next boot.
+
+    Only the settings given change: e.g. --network alone keeps the hostname and keys
+    already there. Every value is checked before anything is written.
+
+    Examples:
+    fleet provision out/disk.img --hostname kiosk-01 --authorized-key ~/.ssh/id_ed25519.pub;
+    fleet provision /dev/sdb --settings boards.toml --hostname kiosk-02
+    """
+    opts = options(hostname, authorized_key, network, config_file, settings, serial, recreate_data)
+    if not opts.given():
+        raise typer.BadParameter("give at least one setting (see --help)")
+    result = provision.from_options(opts)
+    provision.write(target, result)
+    if json_out:
+        print_json({"target": str(target), **result.as_dict()})
+        return
+    out.print(f"provisioned {target}: {provision.describe(result)}")
