@@ -117,8 +117,17 @@ def _opt_str(doc: dict[str, Any], key: str, where: str) -> str | None:
 
 
 def _manifest_from_document(doc: dict[str, Any]) -> Manifest:
-    known = {"format", "app", "release", "board", "arch", "downgrade", "payloads", "health",
-             "inputs"}
+    known = {
+        "format",
+        "app",
+        "release",
+        "board",
+        "arch",
+        "downgrade",
+        "payloads",
+        "health",
+        "inputs",
+    }
     unknown = sorted(set(doc) - known)
     if unknown:
         raise ValueError(f"unknown field {unknown[0]}")

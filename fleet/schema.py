@@ -7,6 +7,7 @@ outside input: a wrong or missing field is a ConfigError such as
 
 from __future__ import annotations
 
+import builtins
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,19 +33,23 @@ def load_toml(path: Path) -> dict[str, Any]:
 class Table:
     """A TOML table with its file and dotted prefix, for precise error messages."""
 
-    def __init__(self, data: dict[str, Any], source: str, prefix: str = "") -> None:
+    def __init__(
+        self, data: dict[builtins.str, Any], source: builtins.str, prefix: builtins.str = ""
+    ) -> None:
         self.data = data
         self.source = source
         self.prefix = prefix
-        self._seen: set[str] = set()
+        self._seen: set[builtins.str] = set()
 
-    def _name(self, key: str) -> str:
+    def _name(self, key: builtins.str) -> builtins.str:
         return f"{self.prefix}{key}"
 
-    def error(self, key: str, message: str) -> ConfigError:
+    def error(self, key: builtins.str, message: builtins.str) -> ConfigError:
         return ConfigError(f"{self.source}: field '{self._name(key)}': {message}")
 
-    def _get(self, key: str, kind: type[T], kind_name: str, default: T | None) -> T:
+    def _get(
+        self, key: builtins.str, kind: type[T], kind_name: builtins.str, default: T | None
+    ) -> T:
         self._seen.add(key)
         if key not in self.data:
             if default is not None:
@@ -52,52 +57,68 @@ class Table:
             raise self.error(key, "missing")
         value = self.data[key]
         # bool is an int in Python; a TOML boolean is never a valid number here.
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        if not isinstance(value, kind) or (
+            kind is builtins.int and isinstance(value, builtins.bool)
+        ):
             raise self.error(key, f"expected {kind_name}, got {type(value).__name__} {value!r}")
         return value
 
-    def str(self, key: str, default: str | None = None) -> str:
-        value = self._get(key, str, "a string", default)
+    def str(self, key: builtins.str, default: builtins.str | None = None) -> builtins.str:
+        value = self._get(key, builtins.str, "a string", default)
         if value == "" and default is None:
             raise self.error(key, "must not be empty")
         return value
 
-    def opt_str(self, key: str) -> str | None:
+    def opt_str(self, key: builtins.str) -> builtins.str | None:
         self._seen.add(key)
         if key not in self.data:
             return None
         return self.str(key)
 
-    def int(self, key: str, default: int | None = None, minimum: int | None = None) -> int:
-        value = self._get(key, int, "an integer", default)
+    def int(
+        self,
+        key: builtins.str,
+        default: builtins.int | None = None,
+        minimum: builtins.int | None = None,
+    ) -> builtins.int:
+        value = self._get(key, builtins.int, "an integer", default)
         if minimum is not None and value < minimum:
             raise self.error(key, f"must be at least {minimum}, got {value}")
         return value
 
-    def opt_int(self, key: str, minimum: int | None = None) -> int | None:
+    def opt_int(
+        self, key: builtins.str, minimum: builtins.int | None = None
+    ) -> builtins.int | None:
         self._seen.add(key)
         if key not in self.data:
             return None
         return self.int(key, minimum=minimum)
 
-    def bool(self, key: str, default: bool | None = None) -> bool:
-        return self._get(key, bool, "true or false", default)
+    def bool(self, key: builtins.str, default: builtins.bool | None = None) -> builtins.bool:
+        return self._get(key, builtins.bool, "true or false", default)
 
-    def choice(self, key: str, choices: Iterable[str], default: str | None = None) -> str:
+    def choice(
+        self,
+        key: builtins.str,
+        choices: Iterable[builtins.str],
+        default: builtins.str | None = None,
+    ) -> builtins.str:
         options = list(choices)
         value = self.str(key, default)
         if value not in options:
             raise self.error(key, f"expected one of {', '.join(options)}, got {value!r}")
         return value
 
-    def str_list(self, key: str, default: list[str] | None = None) -> list[str]:
+    def str_list(
+        self, key: builtins.str, default: list[builtins.str] | None = None
+    ) -> list[builtins.str]:
         value = self._get(key, list, "a list of strings", default)
         for index, item in enumerate(value):
-            if not isinstance(item, str):
+            if not isinstance(item, builtins.str):
                 raise self.error(f"{key}[{index}]", f"expected a string, got {item!r}")
         return list(value)
 
-    def table(self, key: str, required: bool = True) -> Table:
+    def table(self, key: builtins.str, required: builtins.bool = True) -> Table:
         self._seen.add(key)
         if key not in self.data:
             if required:
@@ -108,7 +129,7 @@ class Table:
             raise self.error(key, f"expected a table, got {type(value).__name__}")
         return Table(value, self.source, f"{self._name(key)}.")
 
-    def tables(self, key: str) -> list[Table]:
+    def tables(self, key: builtins.str) -> list[Table]:
         self._seen.add(key)
         value = self.data.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):

@@ -17,7 +17,19 @@ class Entry:
 def _header(ino: int, entry: Entry, nlink: int, mtime: int) -> bytes:
     name = entry.path.encode() + b"\0"
     fields = [
-        ino, entry.mode, 0, 0, nlink, mtime, len(entry.data), 0, 0, 0, 0, len(name), 0,
+        ino,
+        entry.mode,
+        0,
+        0,
+        nlink,
+        mtime,
+        len(entry.data),
+        0,
+        0,
+        0,
+        0,
+        len(name),
+        0,
     ]
     head = b"070701" + b"".join(b"%08X" % value for value in fields)
     return head + name + _pad(len(head) + len(name))

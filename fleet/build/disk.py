@@ -56,7 +56,7 @@ def layout_script(profile: BoardProfile) -> str:
 def disk_size(profile: BoardProfile) -> int:
     s = profile.storage
     # 1 MiB before p1, and 1 MiB before each logical partition for its EBR and alignment.
-    used = (1 + s.firmware_mib + 2 * s.slot_boot_mib + 3 + 2 * s.slot_root_mib + s.data_mib)
+    used = 1 + s.firmware_mib + 2 * s.slot_boot_mib + 3 + 2 * s.slot_root_mib + s.data_mib
     size = (used + 1) * MIB
     if profile.qemu is not None and profile.qemu.disk == "sd":
         # QEMU's SD card model only takes power-of-two sizes.
@@ -73,8 +73,9 @@ def read_partitions(image: Path) -> dict[int, Partition]:
         parts = {}
         for entry in table["partitions"]:
             number = int(str(entry["node"]).rsplit(str(image.name), 1)[-1])
-            parts[number] = Partition(number, int(entry["start"]) * sector,
-                                      int(entry["size"]) * sector)
+            parts[number] = Partition(
+                number, int(entry["start"]) * sector, int(entry["size"]) * sector
+            )
     except (KeyError, ValueError, json.JSONDecodeError) as exc:
         raise BuildError(f"{image}: cannot read its partition table: {exc}") from exc
     return parts
@@ -112,8 +113,10 @@ def make_disk(
         tmp.unlink()
     with tmp.open("wb") as handle:
         handle.truncate(disk_size(profile))
-    run(["sfdisk", "--no-reread", "--no-tell-kernel", "--wipe", "always", "-q", tmp],
-        input=layout_script(profile).encode())
+    run(
+        ["sfdisk", "--no-reread", "--no-tell-kernel", "--wipe", "always", "-q", tmp],
+        input=layout_script(profile).encode(),
+    )
     parts = read_partitions(tmp)
     if sorted(parts) != [1, 2, 3, 4, 5, 6, 7]:
         raise BuildError(f"unexpected partition layout: {sorted(parts)}")

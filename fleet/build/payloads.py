@@ -17,9 +17,18 @@ def make_squashfs(staging: Path, output: Path, mtime: int) -> None:
         output.unlink()
     run(
         [
-            "mksquashfs", staging, output,
-            "-noappend", "-comp", "xz", "-b", "256K",
-            "-all-root", "-no-xattrs", "-no-progress", "-quiet",
+            "mksquashfs",
+            staging,
+            output,
+            "-noappend",
+            "-comp",
+            "xz",
+            "-b",
+            "256K",
+            "-all-root",
+            "-no-xattrs",
+            "-no-progress",
+            "-quiet",
         ],
         # mksquashfs takes SOURCE_DATE_EPOCH for every inode time and the mkfs time (and
         # refuses it together with -all-time), so it is the one knob used.
@@ -44,8 +53,17 @@ def make_fat(
     if output.exists():
         output.unlink()
     run(
-        ["mkfs.vfat", "--invariant", "-i", FAT_VOLUME_ID, "-n", label, "-C", output,
-         str(size // 1024)],
+        [
+            "mkfs.vfat",
+            "--invariant",
+            "-i",
+            FAT_VOLUME_ID,
+            "-n",
+            label,
+            "-C",
+            output,
+            str(size // 1024),
+        ],
         env={"SOURCE_DATE_EPOCH": str(mtime)},
     )
     folders = sorted({str(Path(n).parent) for n in files if "/" in n})
@@ -53,10 +71,15 @@ def make_fat(
         parts = Path(folder).parts
         for depth in range(1, len(parts) + 1):
             sub = "/".join(parts[:depth])
-            run(["mmd", "-D", "s", "-i", output, f"::{sub}"], check=False,
-                env={"SOURCE_DATE_EPOCH": str(mtime)})
+            run(
+                ["mmd", "-D", "s", "-i", output, f"::{sub}"],
+                check=False,
+                env={"SOURCE_DATE_EPOCH": str(mtime)},
+            )
     for name in sorted(files):
         source = files[name]
         os.utime(source, (mtime, mtime))
-        run(["mcopy", "-m", "-o", "-i", output, source, f"::{name}"],
-            env={"SOURCE_DATE_EPOCH": str(mtime)})
+        run(
+            ["mcopy", "-m", "-o", "-i", output, source, f"::{name}"],
+            env={"SOURCE_DATE_EPOCH": str(mtime)},
+        )

@@ -41,7 +41,7 @@ def epoch() -> int:
 
 
 def _packages_for(profile: BoardProfile, project: Project) -> list[str]:
-    names = list(rootfs.BASE_PACKAGES) + [profile.kernel.package, *project.packages]
+    names = [*rootfs.BASE_PACKAGES, profile.kernel.package, *project.packages]
     loader = profile.bootloader
     if loader and loader.install.startswith("file:"):
         names.append(loader.package)
@@ -76,12 +76,16 @@ def build(
     roots = {deb.name: debian.extract(deb) for deb in debs.values()}
 
     step("app")
-    app_binary = build_app(project, profile.arch, work, cache=debian.cache_dir() / "app",
-                           epoch=mtime)
+    app_binary = build_app(
+        project, profile.arch, work, cache=debian.cache_dir() / "app", epoch=mtime
+    )
 
     step("kernel")
-    kernel_pkg = [n for n, r in roots.items() if n.startswith("linux-image-") and
-                  any((r / "boot").glob("vmlinuz-*"))]
+    kernel_pkg = [
+        n
+        for n, r in roots.items()
+        if n.startswith("linux-image-") and any((r / "boot").glob("vmlinuz-*"))
+    ]
     if len(kernel_pkg) != 1:
         raise BuildError(f"expected one kernel among {profile.kernel.package}'s packages")
     ktree = kernel.find_kernel(roots[kernel_pkg[0]])
@@ -93,8 +97,16 @@ def build(
 
     step("rootfs")
     staged = rootfs.assemble(
-        work / "rootfs", profile, project, app_binary, roots, ktree, system_modules,
-        project.release_number, _board_trust(key, trust), kernel_package=kernel_pkg[0],
+        work / "rootfs",
+        profile,
+        project,
+        app_binary,
+        roots,
+        ktree,
+        system_modules,
+        project.release_number,
+        _board_trust(key, trust),
+        kernel_package=kernel_pkg[0],
     )
     check_tree(staged.root, profile.arch, profile.name)
 
@@ -119,8 +131,9 @@ def build(
             Payload(name, path.name, path.stat().st_size, sha256_file(path))
             for name, path in (("boot", boot_img), ("rootfs", rootfs_img))
         ),
-        health=Health(project.health.http, project.health.command, project.port,
-                      project.health.timeout_s),
+        health=Health(
+            project.health.http, project.health.command, project.port, project.health.timeout_s
+        ),
         inputs=_inputs(project, profile, debs),
     )
     write_manifest(release_tmp, manifest)
@@ -144,8 +157,9 @@ def build(
 
     step("report")
     boot_entries = [
-        report.file_entry(f"/slot-boot/{name}", path, kernel_pkg[0] if name != "initrd.gz"
-                          else "fleet")
+        report.file_entry(
+            f"/slot-boot/{name}", path, kernel_pkg[0] if name != "initrd.gz" else "fleet"
+        )
         for name, path in sorted(boot_files.items())
     ]
     report_path = _write_report(out, staged, boot_entries, debs, roots, manifest)
@@ -190,8 +204,10 @@ def _boot_files(
         shutil.copyfile(ktree.dtb(profile.kernel.dtb), dtb)
         files[bootscript.DTB_NAME] = dtb
     if profile.boot_method == "rpi-tryboot":
-        for name, text in (("config.txt", bootscript.tryboot_config_txt(profile)),
-                           ("cmdline.txt", bootscript.tryboot_cmdline_txt(profile))):
+        for name, text in (
+            ("config.txt", bootscript.tryboot_config_txt(profile)),
+            ("cmdline.txt", bootscript.tryboot_cmdline_txt(profile)),
+        ):
             (folder / name).write_text(text)
             files[name] = folder / name
     return files
@@ -219,10 +235,14 @@ def _firmware_partition(
         if profile.kernel.dtb:
             # QEMU (standing in for the GPU firmware) and the firmware itself read it here.
             dtb_name = Path(profile.kernel.dtb).name
-            kernel_root = next(r for n, r in roots.items() if n.startswith("linux-image-")
-                               and any((r / "boot").glob("vmlinuz-*")))
-            shutil.copyfile(kernel.find_kernel(kernel_root).dtb(profile.kernel.dtb),
-                            folder / dtb_name)
+            kernel_root = next(
+                r
+                for n, r in roots.items()
+                if n.startswith("linux-image-") and any((r / "boot").glob("vmlinuz-*"))
+            )
+            shutil.copyfile(
+                kernel.find_kernel(kernel_root).dtb(profile.kernel.dtb), folder / dtb_name
+            )
             files[dtb_name] = folder / dtb_name
     if profile.firmware is not None:
         fw_root = roots.get(profile.firmware.package)
@@ -269,12 +289,14 @@ def _write_report(
     )
     used = {entry.origin for entry in files}
     packages = [
-        report.PackageEntry(d.name, d.version, d.arch, report.package_license(roots[d.name], d.name))
+        report.PackageEntry(
+            d.name, d.version, d.arch, report.package_license(roots[d.name], d.name)
+        )
         for d in sorted(debs.values(), key=lambda d: d.name)
         if d.name in used
     ]
     sizes = [report.Payload(p.file, p.size) for p in manifest.payloads]
-    sizes.append(report.Payload(DISK_IMAGE, (out / DISK_IMAGE).stat().st_size))
+    sizes.append(report.Payload(DISK_IMAGE, (out / DISK_IMAGE).stat().st_size, counted=False))
     image_report = report.ImageReport(
         app=manifest.app,
         version=manifest.version,
@@ -283,5 +305,5 @@ def _write_report(
         packages=tuple(packages),
         payloads=tuple(sizes),
     )
-    sbom, summary = report.write_report(image_report, out, epoch())
+    _sbom, summary = report.write_report(image_report, out, epoch())
     return summary

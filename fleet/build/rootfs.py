@@ -30,9 +30,124 @@ BASE_PACKAGES = tuple(BASE_PROGRAMS)
 
 # The busybox applets fleet's scripts and a person at the console use. A read-only
 # root cannot run `busybox --install` at boot, so the links are made here.
-APPLETS = ["sh", "ash", "cat", "chmod", "chown", "cp", "cut", "date", "dd", "df", "dmesg", "du", "echo", "env", "false", "find", "free", "grep", "gunzip", "gzip", "head", "hexdump", "hostname", "ifconfig", "init", "insmod", "kill", "killall", "less", "ln", "logger", "ls", "lsmod", "md5sum", "mkdir", "mke2fs", "mknod", "mktemp", "modprobe", "more", "mount", "mv", "nc", "od", "passwd", "pidof", "ping", "poweroff", "printf", "ps", "pwd", "readlink", "reboot", "rm", "rmdir", "route", "sed", "seq", "setsid", "sha256sum", "sleep", "sort", "stat", "sync", "tail", "tar", "tee", "test", "timeout", "top", "touch", "tr", "true", "tty", "udhcpc", "umount", "uname", "uptime", "vi", "watchdog", "wc", "wget", "which", "xargs", "yes", "awk", "basename", "blkid", "cmp", "dirname", "expr", "flock", "fsync", "halt", "ip", "sha512sum", "mountpoint", "nohup", "realpath", "[", "[["]
-SBIN_APPLETS = {"init", "insmod", "lsmod", "modprobe", "mke2fs", "ifconfig", "route",
-                "reboot", "poweroff", "halt", "udhcpc", "watchdog", "blkid"}
+APPLETS = [
+    "sh",
+    "ash",
+    "cat",
+    "chmod",
+    "chown",
+    "cp",
+    "cut",
+    "date",
+    "dd",
+    "df",
+    "dmesg",
+    "du",
+    "echo",
+    "env",
+    "false",
+    "find",
+    "free",
+    "grep",
+    "gunzip",
+    "gzip",
+    "head",
+    "hexdump",
+    "hostname",
+    "ifconfig",
+    "init",
+    "insmod",
+    "kill",
+    "killall",
+    "less",
+    "ln",
+    "logger",
+    "ls",
+    "lsmod",
+    "md5sum",
+    "mkdir",
+    "mke2fs",
+    "mknod",
+    "mktemp",
+    "modprobe",
+    "more",
+    "mount",
+    "mv",
+    "nc",
+    "od",
+    "passwd",
+    "pidof",
+    "ping",
+    "poweroff",
+    "printf",
+    "ps",
+    "pwd",
+    "readlink",
+    "reboot",
+    "rm",
+    "rmdir",
+    "route",
+    "sed",
+    "seq",
+    "setsid",
+    "sha256sum",
+    "sleep",
+    "sort",
+    "stat",
+    "sync",
+    "tail",
+    "tar",
+    "tee",
+    "test",
+    "timeout",
+    "top",
+    "touch",
+    "tr",
+    "true",
+    "tty",
+    "udhcpc",
+    "umount",
+    "uname",
+    "uptime",
+    "vi",
+    "watchdog",
+    "wc",
+    "wget",
+    "which",
+    "xargs",
+    "yes",
+    "awk",
+    "basename",
+    "blkid",
+    "cmp",
+    "dirname",
+    "expr",
+    "flock",
+    "fsync",
+    "halt",
+    "ip",
+    "sha512sum",
+    "mountpoint",
+    "nohup",
+    "realpath",
+    "[",
+    "[[",
+]
+SBIN_APPLETS = {
+    "init",
+    "insmod",
+    "lsmod",
+    "modprobe",
+    "mke2fs",
+    "ifconfig",
+    "route",
+    "reboot",
+    "poweroff",
+    "halt",
+    "udhcpc",
+    "watchdog",
+    "blkid",
+}
 
 
 @dataclass(frozen=True)
@@ -101,8 +216,22 @@ def assemble(
     if staging.exists():
         shutil.rmtree(staging)
     staged = Staged(staging)
-    for rel in ("bin", "sbin", "usr/bin", "usr/sbin", "lib", "etc/fleet/keys", "proc", "sys",
-                "dev", "run", "tmp", "data", "boot/firmware", "app/bin"):
+    for rel in (
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "lib",
+        "etc/fleet/keys",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "data",
+        "boot/firmware",
+        "app/bin",
+    ):
         staged.add_dir(rel)
     staged.add_link("root", "/run/root", "fleet")
     staged.add_link("var", "/run/var", "fleet")
@@ -154,8 +283,13 @@ def _package_root(packages: dict[str, Path], name: str) -> Path:
 
 
 def _add_whole_package(staged: Staged, package: str, root: Path) -> None:
-    skip = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
-            "usr/share/lintian")
+    skip = (
+        "usr/share/doc",
+        "usr/share/man",
+        "usr/share/info",
+        "usr/share/locale",
+        "usr/share/lintian",
+    )
     for path in sorted(root.rglob("*")):
         rel = str(path.relative_to(root))
         if rel == ".complete" or rel.startswith(skip) or path.is_dir():
@@ -175,7 +309,7 @@ def _add_libraries(staged: Staged, packages: dict[str, Path], programs: list[str
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(staged.root / rel, target)
-            os.chmod(target, 0o755)
+            os.chmod(target, 0o755)  # noqa: S103 (a program in the image's scratch sysroot)
     for path in sorted(needed_closure(sysroot, [sysroot / rel for rel in programs])):
         rel = str(path).lstrip("/")
         if rel in staged.origin:
@@ -235,8 +369,15 @@ def _copy_with_links(staged: Staged, sysroot: Path, rel: str, owner: dict[str, s
 def _add_system_files(
     staged: Staged, profile: BoardProfile, project: Project, release_number: int
 ) -> None:
-    for name in ("rc.sysinit", "rc.shutdown", "run-sshd", "run-app", "health-watch",
-                 "net-up", "udhcpc.script"):
+    for name in (
+        "rc.sysinit",
+        "rc.shutdown",
+        "run-sshd",
+        "run-app",
+        "health-watch",
+        "net-up",
+        "udhcpc.script",
+    ):
         staged.add_file(f"etc/fleet/{name}", DEVICE_DIR / name, "fleet", 0o755)
     staged.add_file("etc/inittab", DEVICE_DIR / "inittab", "fleet", 0o644)
     staged.add_link("sbin/init", "/bin/busybox", "busybox-static")
@@ -247,29 +388,33 @@ def _add_system_files(
     storage = profile.storage
     staged.add_bytes(
         "etc/fleet/board.env",
-        shell_env({
-            "FLEET_BOARD": profile.name,
-            "FLEET_BOOT_METHOD": profile.boot_method,
-            "FLEET_DISK": storage.linux_disk,
-            "FLEET_FIRMWARE_DEV": storage.partition(1),
-            "FLEET_DATA_DEV": storage.partition(7),
-            "FLEET_NET_IF": profile.network.interface,
-            "FLEET_WATCHDOG": profile.watchdog_module or "",
-        }),
+        shell_env(
+            {
+                "FLEET_BOARD": profile.name,
+                "FLEET_BOOT_METHOD": profile.boot_method,
+                "FLEET_DISK": storage.linux_disk,
+                "FLEET_FIRMWARE_DEV": storage.partition(1),
+                "FLEET_DATA_DEV": storage.partition(7),
+                "FLEET_NET_IF": profile.network.interface,
+                "FLEET_WATCHDOG": profile.watchdog_module or "",
+            }
+        ),
         "fleet",
     )
     health = project.health
     staged.add_bytes(
         "etc/fleet/app.env",
-        shell_env({
-            "FLEET_APP_NAME": project.name,
-            "FLEET_APP_VERSION": project.version,
-            "FLEET_RELEASE": str(release_number),
-            "FLEET_APP_COMMAND": project.run,
-            "PORT": str(project.port),
-            "FLEET_HEALTH_HTTP": health.http or "",
-            "FLEET_HEALTH_COMMAND": health.command or "",
-            "FLEET_HEALTH_TIMEOUT": str(health.timeout_s),
-        }),
+        shell_env(
+            {
+                "FLEET_APP_NAME": project.name,
+                "FLEET_APP_VERSION": project.version,
+                "FLEET_RELEASE": str(release_number),
+                "FLEET_APP_COMMAND": project.run,
+                "PORT": str(project.port),
+                "FLEET_HEALTH_HTTP": health.http or "",
+                "FLEET_HEALTH_COMMAND": health.command or "",
+                "FLEET_HEALTH_TIMEOUT": str(health.timeout_s),
+            }
+        ),
         "fleet",
     )

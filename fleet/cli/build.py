@@ -8,22 +8,32 @@ from pathlib import Path
 import typer
 
 from fleet.boards import get_profile
-from fleet.build.pipeline import STEPS, build as run_build
+from fleet.build.pipeline import STEPS
+from fleet.build.pipeline import build as run_build
 from fleet.cli.output import JSON_HELP, note, out, print_json, steps_progress
 from fleet.project import load_project
 
 
 def build(
-    board: str = typer.Option(None, "--board", "-b", help="Board profile to build for (see `fleet boards`)."),
-    project_dir: Path = typer.Option(Path("."), "--project", "-p", help="Folder holding fleet.toml."),
-    out_dir: Path = typer.Option(Path("out"), "--out", "-o", help="Where the release, disk image and report go."),
+    board: str = typer.Option(
+        None, "--board", "-b", help="Board profile to build for (see `fleet boards`)."
+    ),
+    project_dir: Path = typer.Option(
+        Path("."), "--project", "-p", help="Folder holding fleet.toml."
+    ),
+    out_dir: Path = typer.Option(
+        Path("out"), "--out", "-o", help="Where the release, disk image and report go."
+    ),
     key: Path | None = typer.Option(None, "--key", help="Sign the release with this private key."),
     trust: Path | None = typer.Option(
-        None, "--trust",
+        None,
+        "--trust",
         help="Keys the board will trust (folder of *.pub with revoked/threshold, or one .pub). "
         "Default: the --key's public key.",
     ),
-    host: bool = typer.Option(False, "--host", help="Build only the app, for this machine, to test it natively."),
+    host: bool = typer.Option(
+        False, "--host", help="Build only the app, for this machine, to test it natively."
+    ),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Cross-build the app for a board and make its release and disk image.
@@ -77,10 +87,14 @@ def build(
         print_json(summary)
         return
     total = sum(sizes.values())
-    out.print(f"built {project.name} {project.version} (release {result.manifest.release}) "
-              f"for {profile.name} in {seconds:.1f} s")
-    out.print(f"  release  {result.release}  (boot {sizes['boot'] / 2**20:.1f} MiB + rootfs "
-              f"{sizes['rootfs'] / 2**20:.1f} MiB = {total / 2**20:.1f} MiB)")
+    out.print(
+        f"built {project.name} {project.version} (release {result.manifest.release}) "
+        f"for {profile.name} in {seconds:.1f} s"
+    )
+    out.print(
+        f"  release  {result.release}  (boot {sizes['boot'] / 2**20:.1f} MiB + rootfs "
+        f"{sizes['rootfs'] / 2**20:.1f} MiB = {total / 2**20:.1f} MiB)"
+    )
     out.print(f"  disk     {result.disk}  (+ {result.bmap.name})")
     if result.report:
         out.print(f"  report   {result.report}")

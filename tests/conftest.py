@@ -1,0 +1,99 @@
+"""Shared fixtures: the fleet command, an isolated lab folder, and the example app built
+once per test session (the build is real and takes about 15 s)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+
+
+def fleet(*args: str | Path, check: bool = True, timeout: float = 900,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the fleet command as a user would and return what it printed."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "fleet.cli.main", *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, env=full_env, check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"fleet {' '.join(map(str, args))} exited {proc.returncode}\n"
+            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Keep the tests' virtual boards apart from the user's, and stop them at the end."""
+    lab = tmp_path_factory.mktemp("lab")
+    old = os.environ.get("FLEET_LAB_DIR")
+    os.environ["FLEET_LAB_DIR"] = str(lab)
+    yield lab
+    from fleet import lab as fleet_lab
+
+    for board in fleet_lab.list_boards():
+        fleet_lab.down(board.name)
+    if old is None:
+        os.environ.pop("FLEET_LAB_DIR", None)
+    else:
+        os.environ["FLEET_LAB_DIR"] = old
+
+
+def copy_example(name: str, dest: Path, version: str | None = None,
+                 release: int | None = None) -> Path:
+    """A private copy of an example app (without its fleet.lock: tests resolve afresh)."""
+    shutil.copytree(EXAMPLES / name, dest, ignore=shutil.ignore_patterns("fleet.lock"))
+    toml = dest / "fleet.toml"
+    text = toml.read_text()
+    if version is not None:
+        text = text.replace('version = "1.0.0"', f'version = "{version}"')
+    if release is not None:
+        text = text.replace("release = 1\n", f"release = {release}\n")
+    toml.write_text(text)
+    return dest
+
+
+@dataclass(frozen=True)
+class Built:
+    app: Path
+    out: Path
+    key: Path
+    pub: Path
+
+    @property
+    def release(self) -> Path:
+        return self.out / "release"
+
+    @property
+    def disk(self) -> Path:
+        return self.out / "disk.img"
+
+
+@pytest.fixture(scope="session")
+def release_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    keys = tmp_path_factory.mktemp("keys")
+    fleet("keys", "generate", "--out", keys, "--name", "release")
+    return keys / "release.sec", keys / "release.pub"
+
+
+@pytest.fixture(scope="session")
+def hello_virt(tmp_path_factory: pytest.TempPathFactory, release_key: tuple[Path, Path]) -> Built:
+    """examples/hello-c built and signed for qemu-virt-arm64."""
+    base = tmp_path_factory.mktemp("hello-virt")
+    app = copy_example("hello-c", base / "app")
+    out = base / "out"
+    fleet("build", "--board", "qemu-virt-arm64", "--project", app, "--out", out,
+          "--key", release_key[0])
+    return Built(app, out, *release_key)
