@@ -1,13 +1,12 @@
-"""The virtual board's disk: a sparse copy of the image ("flashing"), the per-board
-provisioning files written into its first (FAT) partition, and files read back out of
-that partition for QEMU. All FAT access goes through mtools, so no mount and no root."""
+"""The virtual board's disk: a sparse copy of the image ("flashing") and files read back
+out of its first (FAT) partition for QEMU, through mtools (no mount, no root). The
+per-board settings are written by fleet.provision, as for real boards."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from fleet.errors import LabError
@@ -59,22 +58,6 @@ def first_partition_offset(disk: Path) -> int:
 
 def _image(disk: Path, offset: int) -> str:
     return f"{disk}@@{offset}"
-
-
-def provision(disk: Path, hostname: str, authorized_keys: str) -> None:
-    """Write ``fleet/hostname`` and ``fleet/authorized_keys`` into the first partition,
-    replacing earlier ones; the board reads them at boot."""
-    image = _image(disk, first_partition_offset(disk))
-    with tempfile.TemporaryDirectory(prefix="fleet-lab-") as tmp:
-        folder = Path(tmp) / "fleet"
-        folder.mkdir()
-        (folder / "hostname").write_text(hostname + "\n")
-        (folder / "authorized_keys").write_text(authorized_keys.strip() + "\n")
-        # mmd fails when the folder exists from an earlier provisioning; that is fine,
-        # and any other trouble (not FAT, bad offset) makes the mcopy below fail loudly.
-        run(["mmd", "-i", image, "::/fleet"], env=MTOOLS_ENV, check=False)
-        for name in ("hostname", "authorized_keys"):
-            run(["mcopy", "-o", "-i", image, folder / name, f"::/fleet/{name}"], env=MTOOLS_ENV)
 
 
 def extract(disk: Path, member: str, dest: Path) -> bool:
