@@ -1,0 +1,99 @@
+"""`make demo`: the main job end to end on the virtual lab, with the fleet command as a
+user types it. Each step prints its command; a short summary closes the run.
+
+Work goes to out/demo/ (keys, app copy, builds); the demo board stays up afterwards so
+you can look around: `fleet lab ssh demo`, `fleet lab console demo --log`,
+`fleet lab down demo`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+WORK = REPO / "out" / "demo"
+FLEET = [sys.executable, "-m", "fleet.cli.main"]
+BOARD = "qemu-virt-arm64"
+NAME = "demo"
+
+summary: list[tuple[str, str, str]] = []
+
+
+def step(title: str, *args: str | Path, json_out: bool = False) -> subprocess.CompletedProcess[str]:
+    shown = " ".join(str(a) for a in args)
+    print(f"\n== {title}\n$ fleet {shown}", flush=True)
+    started = time.monotonic()
+    proc = subprocess.run(
+        [*FLEET, *map(str, args)], text=True, check=False,
+        stdout=subprocess.PIPE if json_out else None,
+    )
+    seconds = time.monotonic() - started
+    if proc.returncode != 0:
+        summary.append((title, "FAILED", f"{seconds:.1f} s"))
+        finish(1)
+    summary.append((title, "ok", f"{seconds:.1f} s"))
+    return proc
+
+
+def http_get(port: int, path: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+                return reply.read().decode().strip()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def app_copy(version: str, release: int) -> Path:
+    folder = WORK / f"hello-{version}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    shutil.copytree(REPO / "examples" / "hello-c", folder)
+    toml = folder / "fleet.toml"
+    toml.write_text(toml.read_text().replace('version = "1.0.0"', f'version = "{version}"')
+                    .replace("release = 1\n", f"release = {release}\n"))
+    return folder
+
+
+def finish(code: int) -> None:
+    print("\n== summary")
+    width = max(len(t) for t, _, _ in summary) if summary else 10
+    for title, outcome, detail in summary:
+        print(f"  {title:<{width}}  {outcome:<8} {detail}")
+    if code == 0:
+        print(f"\nThe board is still running: fleet lab ssh {NAME}   |   fleet lab down {NAME}")
+    sys.exit(code)
+
+
+def main() -> None:
+    WORK.mkdir(parents=True, exist_ok=True)
+    subprocess.run([*FLEET, "lab", "down", NAME], capture_output=True, check=False)
+    key = WORK / "keys" / "release.sec"
+    if not key.exists():
+        step("make a release key", "keys", "generate", "--out", WORK / "keys", "--name", "release")
+    v1 = app_copy("1.0.0", 1)
+    step("build hello-c 1.0.0 for ARM", "build", "--board", BOARD, "--project", v1,
+         "--out", WORK / "v1", "--key", key)
+    step("verify the signed release", "verify", WORK / "v1" / "release",
+         "--trust", WORK / "keys" / "release.pub", "--board", BOARD)
+    up = step("flash and boot a virtual board", "lab", "up", "--board", BOARD,
+              "--disk", WORK / "v1" / "disk.img", "--name", NAME, "--json", json_out=True)
+    board = json.loads(up.stdout)
+    version = http_get(board["app_port"], "/version")
+    health = http_get(board["app_port"], "/health")
+    summary.append(("app answers on the board", "ok", f"/version {version}, /health {health}"))
+    print(f"\napp on the board: /version -> {version}, /health -> {health}")
+    finish(0)
+
+
+if __name__ == "__main__":
+    main()
