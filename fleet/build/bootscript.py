@@ -43,8 +43,25 @@ def make_uboot_script(profile: BoardProfile, work: Path) -> Path:
     source.write_text(uboot_script_text(profile))
     output = work / "boot.scr"
     # mkimage stamps the time into the header; SOURCE_DATE_EPOCH keeps it fixed.
-    run(["mkimage", "-A", "arm64", "-O", "linux", "-T", "script", "-C", "none",
-         "-n", "fleet boot", "-d", source, output], env={"SOURCE_DATE_EPOCH": "0"})
+    run(
+        [
+            "mkimage",
+            "-A",
+            "arm64",
+            "-O",
+            "linux",
+            "-T",
+            "script",
+            "-C",
+            "none",
+            "-n",
+            "fleet boot",
+            "-d",
+            source,
+            output,
+        ],
+        env={"SOURCE_DATE_EPOCH": "0"},
+    )
     return output
 
 

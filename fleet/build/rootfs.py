@@ -377,6 +377,7 @@ def _add_system_files(
         "health-watch",
         "net-up",
         "udhcpc.script",
+        "agent",
     ):
         staged.add_file(f"etc/fleet/{name}", DEVICE_DIR / name, "fleet", 0o755)
     staged.add_file("etc/inittab", DEVICE_DIR / "inittab", "fleet", 0o644)
