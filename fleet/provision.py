@@ -360,7 +360,6 @@ class SettingsFile:
         top = Table(load_toml(path), str(path))
         base = path.parent
         defaults = _entry(top.table("defaults", required=False), base, need_hostname=False)
-        top.reject_unknown()
         boards: list[Settings] = []
         hostnames: dict[str, int] = {}
         serials: dict[str, int] = {}
@@ -387,6 +386,7 @@ class SettingsFile:
                     )
                 seen[key] = index
             boards.append(merged)
+        top.reject_unknown()
         if not boards:
             raise ConfigError(f"{path}: no [[board]] entries")
         return cls(path, tuple(boards))
@@ -470,7 +470,9 @@ def _resolve(base: Path, name: str) -> Path:
 
 def firmware_offset(target: Path) -> int:
     """Byte offset of partition 1 on a disk image file or a whole-disk block device."""
-    proc = run(["sfdisk", "--json", target])
+    proc = run(["sfdisk", "--json", target], check=False)
+    if proc.returncode != 0:
+        raise UsageError(f"{target}: no partition table with a first partition")
     try:
         table = json.loads(proc.stdout)["partitiontable"]
         sector = int(table.get("sectorsize", 512))
