@@ -14,6 +14,7 @@ from fleet.cli import build as build_cmd
 from fleet.cli import init as init_cmd
 from fleet.cli import lab as lab_cli
 from fleet.cli import provision as provision_cli
+from fleet.cli import update as update_cli
 from fleet.errors import FleetError
 
 app = typer.Typer(
@@ -31,16 +32,22 @@ app = typer.Typer(
 _debug = False
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"fleet {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Log every command run; show tracebacks."),
-    version: bool = typer.Option(False, "--version", help="Print fleet's version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True,
+        help="Print fleet's version and exit.",
+    ),
 ) -> None:
     global _debug
     _debug = debug
-    if version:
-        typer.echo(f"fleet {__version__}")
-        raise typer.Exit()
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(name)s: %(message)s",
@@ -58,6 +65,7 @@ app.command("verify")(trust.verify)
 app.command("flash")(flash.flash)
 app.command("devices")(devices.devices)
 app.command("provision")(provision_cli.provision_cmd)
+app.command("update")(update_cli.update), app.command("status")(update_cli.status)
 
 
 def main() -> None:
