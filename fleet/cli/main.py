@@ -3,18 +3,13 @@ handler that maps fleet's exceptions to exit codes and one-line messages."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
 import typer
 
 from fleet import __version__
-from fleet.cli import boards, devices, flash, keys, trust
-from fleet.cli import build as build_cmd
-from fleet.cli import init as init_cmd
-from fleet.cli import lab as lab_cli
-from fleet.cli import provision as provision_cli
-from fleet.cli import update as update_cli
 from fleet.errors import FleetError
 
 app = typer.Typer(
@@ -42,7 +37,10 @@ def _print_version(value: bool) -> None:
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Log every command run; show tracebacks."),
     version: bool = typer.Option(
-        False, "--version", callback=_print_version, is_eager=True,
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
         help="Print fleet's version and exit.",
     ),
 ) -> None:
@@ -55,22 +53,55 @@ def _root(
     )
 
 
-app.add_typer(boards.app, name="boards")
-app.add_typer(lab_cli.app, name="lab")
-app.command("build")(build_cmd.build)
-app.command("init")(init_cmd.init)
-app.add_typer(keys.app, name="keys")
-app.command("sign")(trust.sign)
-app.command("verify")(trust.verify)
-app.command("flash")(flash.flash)
-app.command("devices")(devices.devices)
-app.command("provision")(provision_cli.provision_cmd)
-app.command("update")(update_cli.update), app.command("status")(update_cli.status)
+# Command name -> (module, attribute, kind). Only the module of the command being run is
+# imported, so `fleet flash` does not pay for paramiko and `fleet lab` not for pyudev.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "boards": ("fleet.cli.boards", "app", "group"),
+    "init": ("fleet.cli.init", "init", "command"),
+    "build": ("fleet.cli.build", "build", "command"),
+    "keys": ("fleet.cli.keys", "app", "group"),
+    "sign": ("fleet.cli.trust", "sign", "command"),
+    "verify": ("fleet.cli.trust", "verify", "command"),
+    "lab": ("fleet.cli.lab", "app", "group"),
+    "devices": ("fleet.cli.devices", "devices", "command"),
+    "flash": ("fleet.cli.flash", "flash", "command"),
+    "provision": ("fleet.cli.provision", "provision_cmd", "command"),
+    "update": ("fleet.cli.update", "update", "command"),
+    "status": ("fleet.cli.update", "status", "command"),
+}
+
+
+_registered: set[str] = set()
+
+
+def register(names: list[str] | None = None) -> typer.Typer:
+    """Attach the named commands (all of them by default, e.g. for --help); returns the app
+    (tests drive it with typer's CliRunner)."""
+    for name in names or list(COMMANDS):
+        if name in _registered:
+            continue
+        _registered.add(name)
+        module_name, attribute, kind = COMMANDS[name]
+        target = getattr(importlib.import_module(module_name), attribute)
+        if kind == "group":
+            app.add_typer(target, name=name)
+        else:
+            app.command(name)(target)
+    return app
+
+
+def _command_in(argv: list[str]) -> str | None:
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
 
 
 def main() -> None:
     # typer's standalone mode handles usage errors (exit 2) and Ctrl-C; fleet's own
     # errors pass through it and become one line here.
+    command = _command_in(sys.argv[1:])
+    register([command] if command else None)
     try:
         app()
     except FleetError as exc:

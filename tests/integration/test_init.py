@@ -12,7 +12,7 @@ from app_server import serving
 from typer.testing import CliRunner
 
 from fleet.build.app import build_app
-from fleet.cli.main import app
+from fleet.cli.main import register
 from fleet.project import load_project
 
 pytestmark = pytest.mark.integration
@@ -34,7 +34,7 @@ def test_init_makes_an_app_that_builds_and_runs(
     language: str, tmp_path: Path, go_cache: Path
 ) -> None:
     folder = tmp_path / "My_Service"
-    result = CliRunner().invoke(app, ["init", str(folder), "--language", language])
+    result = CliRunner().invoke(register(), ["init", str(folder), "--language", language])
     assert result.exit_code == 0, result.output
     assert f"created app my-service ({language})" in result.output
 
@@ -52,7 +52,7 @@ def test_init_makes_an_app_that_builds_and_runs(
 
 
 def test_init_json_and_name(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["init", str(tmp_path / "x"), "--name", "svc", "--json"])
+    result = CliRunner().invoke(register(), ["init", str(tmp_path / "x"), "--name", "svc", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {
         "project": str(tmp_path / "x"),

@@ -71,3 +71,21 @@ def test_raspberry_pi_3_boots_to_a_healthy_app(
         assert "host rpi3b" in console or "host boot-rpi3b" in console
     finally:
         fleet("lab", "down", "boot-rpi3b")
+
+
+def test_go_app_image_boots_and_answers(
+    tmp_path_factory: pytest.TempPathFactory, hello_virt: Built
+) -> None:
+    base = tmp_path_factory.mktemp("hello-go")
+    app = copy_example("hello-go", base / "app")
+    (app / "fleet.lock").write_text((hello_virt.app / "fleet.lock").read_text())
+    out = base / "out"
+    fleet("build", "--board", "qemu-virt-arm64", "--project", app, "--out", out,
+          "--key", hello_virt.key)
+    up = json.loads(fleet("lab", "up", "--board", "qemu-virt-arm64", "--disk",
+                          out / "disk.img", "--name", "boot-go", "--json").stdout)
+    try:
+        assert http_get(up["app_port"], "/version").strip() == "1.0.0"
+        wait_for_console(Path(up["console_log"]), "fleet: app healthy: hello-go 1.0.0", 60)
+    finally:
+        fleet("lab", "down", "boot-go")
