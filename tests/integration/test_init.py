@@ -52,7 +52,9 @@ def test_init_makes_an_app_that_builds_and_runs(
 
 
 def test_init_json_and_name(tmp_path: Path) -> None:
-    result = CliRunner().invoke(register(), ["init", str(tmp_path / "x"), "--name", "svc", "--json"])
+    result = CliRunner().invoke(
+        register(), ["init", str(tmp_path / "x"), "--name", "svc", "--json"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {
         "project": str(tmp_path / "x"),
