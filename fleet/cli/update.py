@@ -1,0 +1,191 @@
+"""``fleet update`` and ``fleet status``: one board's A/B update over SSH with automatic
+rollback, and what the board reports about its slots (docs/ab-update.md)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fleet import trust as trustlib
+from fleet.cli.output import JSON_HELP, bytes_progress, note, out, print_json
+from fleet.errors import UsageError
+from fleet.update import machine
+from fleet.update.result import EXIT_CODES, Outcome
+from fleet.update.target import Target, resolve
+
+_TARGET_HELP = "user@host[:port] of a board reachable over SSH, or the name of a virtual lab board."
+_TRUST_HELP = (
+    "Keys the release must be signed by (a trust folder or one .pub), checked on the host "
+    "before anything is sent; the board checks again with its own pinned keys."
+)
+
+
+def _target(
+    text: str,
+    identity: Path | None,
+    known_hosts: Path | None,
+    trust_new_host: bool,
+    timeout: float,
+) -> Target:
+    return resolve(text, identity, known_hosts, trust_new_host, timeout)
+
+
+IdentityOpt = Annotated[
+    Path | None,
+    typer.Option("--identity", "-i", help="SSH private key (default ~/.ssh/id_ed25519)."),
+]
+KnownHostsOpt = Annotated[
+    Path | None,
+    typer.Option("--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts)."),
+]
+TrustNewOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-new-host",
+        help="Accept and record the host key of a board not yet in known_hosts.",
+    ),
+]
+ConnectTimeoutOpt = Annotated[
+    float, typer.Option("--connect-timeout", min=1, help="Seconds to wait for SSH to answer.")
+]
+
+
+def update(
+    target: Annotated[str, typer.Argument(help=_TARGET_HELP)],
+    release: Annotated[Path, typer.Argument(help="Release folder (from fleet build).")],
+    trust: Annotated[Path | None, typer.Option("--trust", help=_TRUST_HELP)] = None,
+    health_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--health-timeout",
+            min=1,
+            help="Seconds to wait after the trial reboot for the board to commit or roll "
+            "back (default: the release's health deadline + 120). Then the host rolls it back.",
+        ),
+    ] = None,
+    attempts: Annotated[
+        int,
+        typer.Option(
+            "--attempts",
+            min=1,
+            max=9,
+            help="Boot attempts the bootloader gives the new slot before falling back.",
+        ),
+    ] = 1,
+    skip_host_checks: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-skip-host-checks",
+            help="Send the release unchecked, leaving every check to the board "
+            "(to test the board's own verification).",
+        ),
+    ] = False,
+    identity: IdentityOpt = None,
+    known_hosts: KnownHostsOpt = None,
+    trust_new_host: TrustNewOpt = False,
+    connect_timeout: ConnectTimeoutOpt = 10.0,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Update one board to RELEASE with an A/B trial boot and automatic rollback.
+
+    The release is verified here, streamed into the board's inactive slot (the board
+    hashes it as it writes and verifies the signatures with its own keys), booted on
+    trial, and committed by the board once the app's health check passes. A trial that
+    fails its health check, does not boot or hangs is rolled back by the board and its
+    bootloader on their own.
+
+    Prints one outcome: updated, rolled-back (health failed, boot failed, timeout),
+    refused (with the board's reason) or unreachable. Exit codes: 0 updated,
+    10 rolled-back, 11 refused, 12 unreachable.
+
+    Example: fleet update pi@10.0.0.7 out/release --trust keys/release.pub
+    """
+    if trust is None and not skip_host_checks:
+        raise UsageError(
+            "give --trust KEYS (the keys the release must be signed by); "
+            "--insecure-skip-host-checks leaves every check to the board"
+        )
+    policy = trustlib.load_trust(trust) if trust is not None and not skip_host_checks else None
+    board = _target(target, identity, known_hosts, trust_new_host, connect_timeout)
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # A rebooting board refuses connections for a while; that is expected, and
+        # paramiko would print a traceback for each try.
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+    with bytes_progress() as progress:
+        tasks: dict[str, Any] = {}
+
+        def on_bytes(name: str, sent: int, size: int) -> None:
+            if name not in tasks:
+                tasks[name] = progress.add_task(f"{name}", total=size)
+            progress.update(tasks[name], completed=sent)
+
+        options = machine.Options(
+            trust=policy,
+            health_timeout=health_timeout,
+            attempts=attempts,
+            note=lambda message: note(f"{board.name}: {message}"),
+            progress=on_bytes,
+        )
+        result = machine.update(board, release, options)
+    if json_out:
+        print_json(result.as_dict())
+    else:
+        out.print(result.summary(), markup=False)
+        if result.detail and result.outcome is not Outcome.UPDATED:
+            out.print(f"  board says: {result.detail}", markup=False)
+    sys.exit(EXIT_CODES[result.outcome])
+
+
+def status(
+    target: Annotated[str, typer.Argument(help=_TARGET_HELP)],
+    identity: IdentityOpt = None,
+    known_hosts: KnownHostsOpt = None,
+    trust_new_host: TrustNewOpt = False,
+    connect_timeout: ConnectTimeoutOpt = 10.0,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Show a board's slots, boot state, app version and health.
+
+    Example: fleet status pi@10.0.0.7
+    """
+    board = _target(target, identity, known_hosts, trust_new_host, connect_timeout)
+    state = machine.board_status(board)
+    if json_out:
+        print_json(state.raw)
+        return
+    raw = state.raw
+    lines = [
+        f"{board.name}: {raw.get('hostname', '')} ({state.board}), runs "
+        f"{state.app_version} (release {state.app_release}) from slot {state.running_slot}, "
+        f"health {state.health}",
+        f"  default slot {state.default_slot}; "
+        + (
+            f"slot {state.trial_slot} on trial, {raw.get('attempts_left')} attempt(s) left"
+            if state.trial_pending
+            else "nothing on trial"
+        )
+        + f"; floor {state.floor}",
+    ]
+    for name in ("A", "B"):
+        info = state.slot(name)
+        if info is None:
+            lines.append(f"  slot {name}: empty or not bootable")
+        else:
+            sha = (info.manifest_sha256 or "unknown")[:16]
+            lines.append(f"  slot {name}: {info.version} (release {info.release}), manifest {sha}")
+    if state.last_trial:
+        lines.append(f"  last trial: {state.last_trial}")
+    if raw.get("last_fallback"):
+        lines.append(f"  last fallback: {raw.get('last_fallback')}")
+    data = raw.get("data")
+    if isinstance(data, dict):
+        lines.append(
+            f"  data partition: {data.get('state')}, {data.get('used_kib')} KiB used, "
+            f"{data.get('free_kib')} KiB free"
+        )
+    for line in lines:
+        out.print(line, markup=False)

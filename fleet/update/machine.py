@@ -1,0 +1,270 @@
+"""One board's A/B update, step by step (DESIGN §3):
+
+1. read the board's status (its profile, floor, running slot; nothing may be on trial);
+2. verify the release on the host (signatures, payload hashes, board, floor);
+3. send the manifest and signatures: the board verifies them itself and marks its
+   inactive slot unbootable;
+4. stream each payload into the inactive slot (the board hashes as it writes and
+   checks against the signed manifest);
+5. ``try``: the board marks the slot for a trial boot and reboots;
+6. wait for the board to come back (a new SSH connection, the pinned host key) and for
+   the trial to end: committed by the board's health watcher, or rolled back by the
+   board or its bootloader on their own;
+7. report updated / rolled-back (health failed, boot failed, timeout) / refused /
+   unreachable.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleet import ssh
+from fleet.errors import FleetError, ReleaseError, RemoteError
+from fleet.release import MANIFEST, SIGNATURES, Manifest, load_manifest
+from fleet.trust import read_manifest_bytes, verify_release
+from fleet.update import result as r
+from fleet.update.status import AGENT, BoardStatus, read_status
+from fleet.update.target import Target
+from signing import TrustSet
+
+Note = Callable[[str], None]
+# (payload name, bytes sent so far, payload size)
+StreamProgress = Callable[[str, int, int], None]
+
+REFUSED_EXIT = 3  # the agent's exit code for a refusal
+POLL = 2.0
+BOOT_ALLOWANCE = 120.0  # seconds for reboots on top of the release's health deadline
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _no_progress(_name: str, _sent: int, _size: int) -> None:
+    pass
+
+
+@dataclass
+class Options:
+    trust: TrustSet | None  # None: leave every check to the board (testing its own checks)
+    health_timeout: float | None = None  # None: the release's health deadline + allowance
+    attempts: int = 1
+    note: Note = _quiet
+    progress: StreamProgress = _no_progress
+
+
+@dataclass
+class _Run:
+    target: Target
+    release: Manifest
+    started: float
+    bytes_sent: int = 0
+    slot: str = ""  # the slot being written and tried
+    origin: str = ""  # the slot the board ran before
+
+    def result(
+        self,
+        outcome: r.Outcome,
+        reason: str = "",
+        status: BoardStatus | None = None,
+        detail: str = "",
+    ) -> r.UpdateResult:
+        return r.UpdateResult(
+            target=self.target.name,
+            outcome=outcome,
+            reason=reason,
+            release=self.release.release,
+            version=self.release.version,
+            slot=self.slot,
+            running_slot=status.running_slot if status else "",
+            running_version=status.app_version if status else "",
+            seconds=time.monotonic() - self.started,
+            bytes_sent=self.bytes_sent,
+            detail=detail,
+        )
+
+
+def manifest_upload(folder: Path) -> bytes:
+    """manifest.json and signatures/*.sig as a tar, the form `agent install-manifest` reads."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        members = [(MANIFEST, read_manifest_bytes(folder))]
+        for sig in sorted((folder / SIGNATURES).glob("*.sig")):
+            members.append((f"{SIGNATURES}/{sig.name}", sig.read_bytes()))
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _board_words(raw: bytes) -> str:
+    lines = [line for line in raw.decode(errors="replace").splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return lines[-1].removeprefix("refused: ").removeprefix("error: ")
+
+
+def update(target: Target, folder: Path, options: Options) -> r.UpdateResult:
+    """Update one board; every outcome is a result, only bad local input raises."""
+    manifest = load_manifest(folder)
+    run = _Run(target, manifest, time.monotonic())
+    note = options.note
+    try:
+        session = target.connect()
+    except RemoteError as exc:
+        return run.result(r.Outcome.UNREACHABLE, str(exc))
+    target = target.after_first_contact()
+    run.target = target
+    with session:
+        try:
+            status = read_status(session)
+        except RemoteError as exc:
+            return run.result(r.Outcome.UNREACHABLE, str(exc))
+        if options.trust is not None:
+            # The board checks all of this again itself; the host checks first so a bad
+            # release is refused before a byte is sent.
+            note(f"verifying {folder} for board {status.board} (floor {status.floor})")
+            try:
+                verify_release(folder, options.trust, floor=status.floor, board=status.board)
+            except ReleaseError as exc:
+                return run.result(r.Outcome.REFUSED, f"host: {exc}", status)
+        if status.trial_pending or status.running_slot != status.default_slot:
+            return run.result(
+                r.Outcome.REFUSED,
+                f"slot {status.trial_slot or status.running_slot} is on trial; "
+                "wait for it to commit or roll back",
+                status,
+            )
+        try:
+            outcome = _install(session, run, folder, manifest, status, options)
+        except RemoteError as exc:
+            # A dropped stream leaves the slot unbootable on the board; a retry restarts.
+            return run.result(r.Outcome.UNREACHABLE, f"lost the board during the install: {exc}")
+        if outcome is not None:
+            return outcome
+        note(f"trial boot of slot {run.slot}")
+        answer = session.exec(f"{AGENT} try {options.attempts}", timeout=30)
+        if answer.exit_code != 0:
+            words = _board_words(answer.stderr)
+            return run.result(r.Outcome.REFUSED, f"board: {words}", status, words)
+    deadline = options.health_timeout
+    if deadline is None:
+        deadline = manifest.health.timeout + BOOT_ALLOWANCE
+    return _await_trial(run, status, deadline, note)
+
+
+def _install(
+    session: ssh.Session,
+    run: _Run,
+    folder: Path,
+    manifest: Manifest,
+    status: BoardStatus,
+    options: Options,
+) -> r.UpdateResult | None:
+    upload = manifest_upload(folder)
+    answer = session.exec(f"{AGENT} install-manifest", input=upload, timeout=60)
+    run.bytes_sent += len(upload)
+    if answer.exit_code != 0:
+        words = _board_words(answer.stderr)
+        return run.result(r.Outcome.REFUSED, f"board: {words}", status, words)
+    run.origin = status.running_slot
+    run.slot = "B" if status.running_slot == "A" else "A"
+    for payload in manifest.payloads:
+        path = folder / payload.file
+        try:
+            handle = path.open("rb")
+        except OSError as exc:
+            raise ReleaseError(f"{path}: {exc.strerror}") from exc
+        with handle:
+            size = path.stat().st_size
+            options.note(f"streaming {payload.name} ({size} bytes) into slot {run.slot}")
+
+            def progress(sent: int, name: str = payload.name, total: int = size) -> None:
+                options.progress(name, sent, total)
+
+            try:
+                answer = session.upload_stream(
+                    f"{AGENT} install {payload.name}", handle, size, progress, timeout=60
+                )
+            except FleetError as exc:
+                if isinstance(exc, RemoteError):
+                    raise
+                raise ReleaseError(f"{path}: {exc}") from exc
+            run.bytes_sent += size
+        if answer.exit_code != 0:
+            words = _board_words(answer.stderr)
+            return run.result(r.Outcome.REFUSED, f"board: {words}", status, words)
+    return None
+
+
+def _await_trial(run: _Run, before: BoardStatus, deadline_s: float, note: Note) -> r.UpdateResult:
+    """Poll the board (fresh connections) until the trial has ended one way or another."""
+    deadline = time.monotonic() + deadline_s
+    note(f"waiting up to {deadline_s:.0f} s for the board to boot slot {run.slot} and decide")
+    last: BoardStatus | None = None
+    problem = "no answer"
+    gave_up = False
+    while True:
+        time.sleep(POLL)
+        left = deadline - time.monotonic()
+        try:
+            with run.target.connect(timeout=max(2.0, min(10.0, left))) as session:
+                status = read_status(session, timeout=max(5.0, min(30.0, left)))
+                if status.boot_id != before.boot_id:
+                    last = status
+                    done = _judge(run, status)
+                    if done is not None:
+                        return done
+                    if left <= 0 and not gave_up:
+                        # The board still runs the trial undecided: end it now; the
+                        # bootloader brings the old slot back.
+                        gave_up = True
+                        note(f"no decision after {deadline_s:.0f} s: rolling back")
+                        session.exec(f"{AGENT} rollback host gave up after {deadline_s:.0f} s")
+                        deadline = time.monotonic() + BOOT_ALLOWANCE
+                        before = status
+                        continue
+        except RemoteError as exc:
+            problem = str(exc)
+        if time.monotonic() > deadline:
+            if gave_up and last is not None:
+                return run.result(
+                    r.Outcome.ROLLED_BACK,
+                    r.TIMEOUT,
+                    last,
+                    "the board did not come back after the rollback",
+                )
+            reason = f"no answer from the board within {deadline_s:.0f} s of the trial boot"
+            return run.result(r.Outcome.UNREACHABLE, f"{reason} ({problem})", last)
+
+
+def _judge(run: _Run, now: BoardStatus) -> r.UpdateResult | None:
+    """The trial's outcome from the board's status after a reboot, or None (undecided)."""
+    if now.running_slot == run.slot:
+        if now.committed and now.app_version == run.release.version and now.health == "healthy":
+            return run.result(r.Outcome.UPDATED, "", now, now.last_trial)
+        return None  # the trial runs; its health watcher has not decided yet
+    if now.running_slot != run.origin or now.trial_pending:
+        return None
+    record = now.last_trial
+    mine = record.startswith(f"release={run.release.release} slot={run.slot} ")
+    events = record.split()[3:] if mine else []
+    if any(e.startswith("rollback:") for e in events):
+        reason = r.HEALTH_FAILED if "health" in record else r.TIMEOUT
+    elif "booted" in events:
+        reason = r.TIMEOUT  # the trial reached userspace but never decided: hung, reset
+    else:
+        reason = r.BOOT_FAILED
+    return run.result(r.Outcome.ROLLED_BACK, reason, now, record)
+
+
+def board_status(target: Target) -> BoardStatus:
+    with target.connect() as session:
+        return read_status(session)

@@ -1,0 +1,66 @@
+"""What an update reports: one outcome per board, with the reason in words."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Outcome(StrEnum):
+    UPDATED = "updated"
+    ROLLED_BACK = "rolled-back"
+    REFUSED = "refused"
+    UNREACHABLE = "unreachable"
+
+
+# Exit codes of `fleet update`, so a script can tell the outcomes apart without --json.
+EXIT_CODES = {
+    Outcome.UPDATED: 0,
+    Outcome.ROLLED_BACK: 10,
+    Outcome.REFUSED: 11,
+    Outcome.UNREACHABLE: 12,
+}
+
+# Reasons of a rollback, as the host tells them apart from the board's trial record.
+HEALTH_FAILED = "health failed"
+BOOT_FAILED = "boot failed"
+TIMEOUT = "timeout"
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    target: str
+    outcome: Outcome
+    reason: str  # why it was rolled back, refused or unreachable; "" when updated
+    release: int
+    version: str
+    slot: str  # the slot the release was written to ("" if nothing was written)
+    running_slot: str  # the slot the board runs at the end ("" if unknown)
+    running_version: str
+    seconds: float
+    bytes_sent: int
+    detail: str = ""  # the board's own words (trial record, refusal line)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.outcome]
+
+    def summary(self) -> str:
+        head = f"{self.target}: {self.outcome.value}"
+        if self.reason:
+            head += f": {self.reason}"
+        if self.outcome is Outcome.UPDATED:
+            return (
+                f"{head}: runs {self.version} (release {self.release}) from slot "
+                f"{self.running_slot}, committed"
+            )
+        if self.running_version:
+            head += f"; runs {self.running_version} from slot {self.running_slot}"
+        return head
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["outcome"] = self.outcome.value
+        data["seconds"] = round(self.seconds, 2)
+        return data
