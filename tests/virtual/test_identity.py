@@ -124,3 +124,22 @@ def test_damaged_data_partition_is_reported_and_recreated_on_request(two_boards:
     assert fingerprint(name) == before
     lab.power(name, "cycle")
     assert sh(name, "cat /run/fleet/data-state").strip() == "ok"
+
+
+def test_data_and_identity_survive_an_update(
+    two_boards: Built, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from tests.conftest import copy_example
+
+    base = tmp_path_factory.mktemp("hello-v2")
+    app = copy_example("hello-c", base / "app", version="2.0.0", release=2)
+    fleet("build", "--board", "qemu-virt-arm64", "--project", app, "--out", base / "out",
+          "--key", two_boards.key)
+    name = "id-a"
+    before = fingerprint(name)
+    sh(name, "echo 'order 43' >> /data/app/update-records.txt && sync")
+    fleet("update", name, base / "out" / "release", "--trust", two_boards.pub)
+    assert sh(name, "cat /run/fleet/slot").strip() == "B"
+    assert sh(name, "cat /data/app/update-records.txt") == "order 43\n"
+    assert fingerprint(name) == before
+    assert sh(name, "hostname").strip() == "kiosk-a"
