@@ -57,7 +57,8 @@ def app_copy(version: str, release: int) -> Path:
     folder = WORK / f"hello-{version}"
     if folder.exists():
         shutil.rmtree(folder)
-    shutil.copytree(REPO / "examples" / "hello-c", folder)
+    shutil.copytree(REPO / "examples" / "hello-c", folder,
+                    ignore=shutil.ignore_patterns("fleet.lock"))
     toml = folder / "fleet.toml"
     toml.write_text(toml.read_text().replace('version = "1.0.0"', f'version = "{version}"')
                     .replace("release = 1\n", f"release = {release}\n"))
