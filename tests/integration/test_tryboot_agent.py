@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fleet import bootstate
 from fleet.release import Health, Manifest, Payload, sha256_file, write_manifest
 from fleet.trust import generate_key, sign_release
 from fleet.update.machine import manifest_upload
@@ -207,6 +208,13 @@ def test_trial_commit_and_rollback_follow_the_firmware_rules(board: Board, tmp_p
     assert board.boot() == (3, False)  # committed: B is the default from now on
     state = board.status()
     assert (state["running_slot"], state["default_slot"], state["floor"]) == ("B", "B", 2)
+    # The agent's busybox-written copies are valid in U-Boot's CRC'd form too.
+    copies = tuple(
+        p.read_bytes() if p.exists() else None
+        for p in (board.fw / "fleet" / "bootstate.1", board.fw / "fleet" / "bootstate.2")
+    )
+    saved, source = bootstate.current((copies[0], copies[1]))
+    assert source is not None and saved.floor == 2 and saved.slot_b.startswith("2:2.0.0:")
 
     # A failed trial of slot A: the health watcher rolls back with a normal reboot.
     board.install(make_release(tmp_path / "r3", board.key, 3))

@@ -329,7 +329,7 @@ def test_power_cuts_between_steps(board: str, releases: Releases, tmp_path: Path
     lab.power(board, "off")
     state, source = bootstate.current(state_copies())
     trial = dataclasses.replace(state, seq=state.seq + 1, trial="A", tries=1)
-    torn = bootstate.encode(trial)[:200] + bytes(bootstate.SIZE - 200)
+    torn = bootstate.encode(trial)[:40] + bytes(bootstate.SIZE - 40)
     write_copy(bootstate.write_target(source), torn, tmp_path)
     lab.power(board, "on")
     assert_runs("2.0.0", "B")
