@@ -47,8 +47,22 @@ def build(work: Path, key: Path, number: int) -> Path:
         toml.write_text(text.replace("release = 1\n", f"release = {number}\n"))
     out = work / f"out{number}"
     if not (out / "release" / "manifest.json").exists():
-        subprocess.run([FLEET, "build", "--board", "qemu-virt-arm64", "--project", str(app),
-                        "--out", str(out), "--key", str(key)], check=True, capture_output=True)
+        subprocess.run(
+            [
+                FLEET,
+                "build",
+                "--board",
+                "qemu-virt-arm64",
+                "--project",
+                str(app),
+                "--out",
+                str(out),
+                "--key",
+                str(key),
+            ],
+            check=True,
+            capture_output=True,
+        )
     return out
 
 
@@ -58,13 +72,22 @@ def broken_boot(good: Path, dest: Path, key: Path, number: int) -> Path:
     garbage = dest.parent / "garbage"
     garbage.write_bytes(random.Random(1).randbytes(4096))
     boot = dest / "boot.vfat"
-    subprocess.run(["mcopy", "-o", "-i", str(boot), str(garbage), "::/initrd.gz"], check=True,
-                   env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    subprocess.run(
+        ["mcopy", "-o", "-i", str(boot), str(garbage), "::/initrd.gz"],
+        check=True,
+        env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
+    )
     manifest = load_manifest(dest)
-    payloads = tuple(Payload(p.name, p.file, boot.stat().st_size, sha256_file(boot))
-                     if p.name == "boot" else p for p in manifest.payloads)
-    write_manifest(dest, dataclasses.replace(manifest, release=number, payloads=payloads,
-                                             version=f"{number}.0.0-broken"))
+    payloads = tuple(
+        Payload(p.name, p.file, boot.stat().st_size, sha256_file(boot)) if p.name == "boot" else p
+        for p in manifest.payloads
+    )
+    write_manifest(
+        dest,
+        dataclasses.replace(
+            manifest, release=number, payloads=payloads, version=f"{number}.0.0-broken"
+        ),
+    )
     for sig in (dest / "signatures").glob("*.sig"):
         sig.unlink()
     sign_release(dest, key)
@@ -80,14 +103,30 @@ def main() -> None:
     os.environ.setdefault("FLEET_LAB_DIR", str(work / "lab"))
     key = work / "keys" / "release.sec"
     if not key.exists():
-        subprocess.run([FLEET, "keys", "generate", "--out", str(work / "keys"), "--name",
-                        "release"], check=True, capture_output=True)
+        subprocess.run(
+            [FLEET, "keys", "generate", "--out", str(work / "keys"), "--name", "release"],
+            check=True,
+            capture_output=True,
+        )
     v1, v2 = build(work, key, 1), build(work, key, 2)
     v3 = broken_boot(v2 / "release", work / "release3-broken", key, 3)
     trust = load_trust(key.with_suffix(".pub"))
 
-    subprocess.run([FLEET, "lab", "up", "--board", "qemu-virt-arm64", "--disk",
-                    str(v1 / "disk.img"), "--name", BOARD], check=True, capture_output=True)
+    subprocess.run(
+        [
+            FLEET,
+            "lab",
+            "up",
+            "--board",
+            "qemu-virt-arm64",
+            "--disk",
+            str(v1 / "disk.img"),
+            "--name",
+            BOARD,
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         target = resolve(BOARD)
         started = time.monotonic()
@@ -131,14 +170,22 @@ def main() -> None:
     finally:
         lab.down(BOARD, remove=True)
 
-    print(f"fleet update v1 -> v2 (verify, stream, trial boot, health, commit): "
-          f"{update_s:.1f} s, {result.bytes_sent} bytes sent")
-    print(f"plain ssh 'cat > partition' of the same payloads:                   "
-          f"{plain_s:.1f} s, {plain_bytes} bytes sent")
-    print(f"  bytes ratio fleet/plain: {result.bytes_sent / plain_bytes:.3f}; "
-          f"wall ratio (whole update / plain copy): {update_s / plain_s:.1f}")
-    print(f"broken release: trial reboot -> back on the old slot by the bootloader: "
-          f"{fallback_s:.1f} s")
+    print(
+        f"fleet update v1 -> v2 (verify, stream, trial boot, health, commit): "
+        f"{update_s:.1f} s, {result.bytes_sent} bytes sent"
+    )
+    print(
+        f"plain ssh 'cat > partition' of the same payloads:                   "
+        f"{plain_s:.1f} s, {plain_bytes} bytes sent"
+    )
+    print(
+        f"  bytes ratio fleet/plain: {result.bytes_sent / plain_bytes:.3f}; "
+        f"wall ratio (whole update / plain copy): {update_s / plain_s:.1f}"
+    )
+    print(
+        f"broken release: trial reboot -> back on the old slot by the bootloader: "
+        f"{fallback_s:.1f} s"
+    )
 
 
 if __name__ == "__main__":
