@@ -7,8 +7,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import paramiko
+
 from fleet import lab, ssh
-from fleet.errors import LabError, UsageError
+from fleet.errors import LabError, RemoteError, UsageError
 
 _USER_HOST = re.compile(
     r"^(?P<user>[A-Za-z0-9._-]+)@(?P<host>\[[0-9a-fA-F:.]+\]|[^:@\s]+)"
@@ -28,15 +30,19 @@ class Target:
     connect_timeout: float = 10.0
 
     def connect(self, timeout: float | None = None) -> ssh.Session:
-        return ssh.Session.connect(
-            self.host,
-            self.port,
-            self.user,
-            self.key,
-            self.known_hosts,
-            trust_new=self.trust_new_host,
-            timeout=timeout or self.connect_timeout,
-        )
+        try:
+            return ssh.Session.connect(
+                self.host,
+                self.port,
+                self.user,
+                self.key,
+                self.known_hosts,
+                trust_new=self.trust_new_host,
+                timeout=timeout or self.connect_timeout,
+            )
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            # A board that reboots mid-handshake can make paramiko raise past fleet.ssh.
+            raise RemoteError(f"SSH to {self.host}:{self.port} failed: {exc}") from exc
 
     def after_first_contact(self) -> Target:
         # A host key trusted on first use is pinned by then; a board that comes back
