@@ -14,8 +14,8 @@ from fleet.errors import FlashError
 from fleet.flash.discovery import BlockDevice
 from fleet.flash.safety import close_device, open_exclusive
 from fleet.flash.source import ImageSource, bmap_candidates, open_image
-from fleet.flash.verify import verify_device
-from fleet.flash.writer import DeviceWriter
+from fleet.flash.verify import check_device, verification_error
+from fleet.flash.writer import DeviceWriter, Span, image_digests
 
 # Called with (phase, total bytes or None); returns the per-chunk advance callback.
 PhaseHook = Callable[[str, int | None], Callable[[int], None]]
@@ -87,11 +87,20 @@ def flash(
         started = time.monotonic()
         total = bmap.mapped_bytes if bmap is not None else source.size
         advance = phase("writing", total) if phase else None
-        written = writer.write(source, bmap, advance)
+        # With a read-back against the bmap's own checksums, that read-back also proves
+        # the image matched its bmap: hashing the image while writing would be redundant.
+        hash_image = not (verify and bmap is not None and bmap.checksum_type is not None)
+        written = writer.write(source, bmap, advance, hash_image=hash_image)
         wrote_at = time.monotonic()
         if verify:
             check = phase("verifying", sum(e.end - e.start for e in written)) if phase else None
-            verify_device(Path(device.node), written, check)
+            bad = check_device(Path(device.node), written, check)
+            if bad:
+                if not hash_image:
+                    assert bmap is not None and bmap.checksum_type is not None
+                    spans = [Span(b.start, b.end, bmap.checksum_type, b.expected) for b in bad]
+                    _blame_image(source.path, spans, writer)
+                raise verification_error(Path(device.node), bad)
         verified_at = time.monotonic()
     except KeyboardInterrupt:
         raise FlashError(f"interrupted; {writer.state()}") from None
@@ -110,6 +119,19 @@ def flash(
         write_seconds=wrote_at - started,
         verify_seconds=verified_at - wrote_at,
     )
+
+
+def _blame_image(path: Path, spans: list[Span], writer: DeviceWriter) -> None:
+    """Raise the image's fault when the ranges that read back wrong are already wrong in
+    the image itself (corrupt image or wrong bmap), rather than on the device."""
+    with open_image(path) as again:
+        actual = image_digests(again, spans)
+    for span, digest in zip(spans, actual, strict=True):
+        if digest != span.digest:
+            raise FlashError(
+                f"the image's bytes {span.start}-{span.end} do not match its bmap "
+                f"(corrupt image or wrong bmap); {writer.state()}"
+            )
 
 
 __all__ = ["FlashResult", "find_bmap", "flash", "image_size", "open_image"]

@@ -3,25 +3,27 @@
 The device is opened with O_DIRECT and read into page-aligned buffers, so every byte
 comes from the medium (or, for a loop device, from the layer below it). Where O_DIRECT
 is refused, the device's cached pages are dropped first (fsync + POSIX_FADV_DONTNEED).
+
+Ranges are independent, so two of them are checked at once (hashlib lets go of the GIL
+on large buffers), and inside each range the next chunk is read while the current one
+is hashed: O_DIRECT has no kernel readahead, so the reads in flight are our own.
 """
 
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
+import queue
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from fleet.errors import FlashError
-from fleet.flash.writer import Expected
+from fleet.flash.writer import Expected, aligned_buffers, logical_block_size
 
 CHUNK = 8 * 1024 * 1024
-# O_DIRECT offsets and lengths must be multiples of the logical sector (512 on SD cards,
-# USB sticks and loop devices); the buffers are page aligned.
-ALIGN = 512
+RANGES_AT_ONCE = 2
 
 
 @dataclass(frozen=True)
@@ -42,68 +44,93 @@ def _open_uncached(device: Path) -> tuple[int, bool]:
         return fd, False
 
 
+class _Reader:
+    """Hashes ranges of one open device; each range borrows two buffers."""
+
+    def __init__(
+        self, fd: int, align: int, reads: ThreadPoolExecutor, progress: Callable[[int], None] | None
+    ) -> None:
+        self.fd = fd
+        self.align = align
+        self.reads = reads
+        self.progress = progress
+        self.free: queue.SimpleQueue[list[memoryview]] = queue.SimpleQueue()
+        for _ in range(RANGES_AT_ONCE):
+            self.free.put(aligned_buffers(2, CHUNK))
+
+    def check(self, item: Expected) -> Mismatch | None:
+        if item.start % self.align:
+            raise FlashError(f"range at byte {item.start} is not {self.align}-byte aligned")
+        pair = self.free.get()
+        try:
+            actual = self._hash(item, pair)
+        finally:
+            self.free.put(pair)
+        if actual == item.digest:
+            return None
+        return Mismatch(item.start, item.end, item.digest, actual)
+
+    def _hash(self, item: Expected, pair: list[memoryview]) -> str:
+        digest = hashlib.new(item.algorithm)
+        reads = [(pos, min(CHUNK, item.end - pos)) for pos in range(item.start, item.end, CHUNK)]
+        pending: Future[int] | None = None
+        for index, (offset, length) in enumerate(reads):
+            view = pair[index % 2]
+            got = pending.result() if pending else self._read_at(view, offset, length)
+            pending = None
+            if index + 1 < len(reads):
+                pending = self.reads.submit(self._read_at, pair[(index + 1) % 2], *reads[index + 1])
+            useful = min(length, got)
+            digest.update(view[:useful])
+            if self.progress:
+                self.progress(useful)
+            if got < length:
+                break  # device ends early: the hash will not match
+        if pending is not None:
+            pending.result()  # the buffer goes back to the pool only once it is idle
+        return digest.hexdigest()
+
+    def _read_at(self, view: memoryview, offset: int, length: int) -> int:
+        # O_DIRECT lengths must be aligned too; the tail past ``length`` is ignored.
+        aligned = -(-length // self.align) * self.align
+        got = 0
+        while got < length:
+            n = os.preadv(self.fd, [view[got:aligned]], offset + got)
+            if n == 0:
+                break
+            got += n
+        return got
+
+
 def check_device(
     device: Path, expected: Sequence[Expected], progress: Callable[[int], None] | None = None
 ) -> list[Mismatch]:
     """Hash each expected range as read from ``device``; return the ranges that differ."""
     try:
-        fd, _direct = _open_uncached(device)
+        fd, direct = _open_uncached(device)
     except OSError as exc:
         raise FlashError(f"cannot open {device} to verify: {exc.strerror}") from exc
-    # mmap memory is page aligned, as O_DIRECT wants; two buffers let one be read
-    # while the other is hashed.
-    buffers = [mmap.mmap(-1, CHUNK) for _ in range(2)]
-    views = [memoryview(b) for b in buffers]
-    bad: list[Mismatch] = []
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flash-verify") as pool:
-            for item in expected:
-                digest = hashlib.new(item.algorithm)
-                reads = _range_reads(item.start, item.end)
-                turn = 0
-                pending = pool.submit(_read_at, fd, views[turn], *reads[0]) if reads else None
-                for index, (_offset, length) in enumerate(reads):
-                    assert pending is not None
-                    got = pending.result()
-                    view = views[turn]
-                    turn ^= 1
-                    if index + 1 < len(reads):
-                        pending = pool.submit(_read_at, fd, views[turn], *reads[index + 1])
-                    useful = min(length, got)
-                    digest.update(view[:useful])
-                    if progress:
-                        progress(useful)
-                    if got < length:
-                        break  # device ends early: the hash will not match
-                actual = digest.hexdigest()
-                if actual != item.digest:
-                    bad.append(Mismatch(item.start, item.end, item.digest, actual))
+        align = logical_block_size(fd) if direct else 1
+        with (
+            ThreadPoolExecutor(RANGES_AT_ONCE, thread_name_prefix="verify-read") as reads,
+            ThreadPoolExecutor(RANGES_AT_ONCE, thread_name_prefix="verify-hash") as hashes,
+        ):
+            reader = _Reader(fd, align, reads, progress)
+            results = list(hashes.map(reader.check, expected))
     finally:
         os.close(fd)
-        for v in views:
-            v.release()
-        for b in buffers:
-            b.close()
-    return bad
+    return [bad for bad in results if bad is not None]
 
 
-def _range_reads(start: int, end: int) -> list[tuple[int, int]]:
-    """(offset, useful length) per read; reads start on an aligned offset."""
-    if start % ALIGN:
-        raise FlashError(f"range at byte {start} is not {ALIGN}-byte aligned")
-    return [(pos, min(CHUNK, end - pos)) for pos in range(start, end, CHUNK)]
-
-
-def _read_at(fd: int, view: memoryview, offset: int, length: int) -> int:
-    # O_DIRECT lengths must be aligned too; the tail past ``length`` is ignored.
-    aligned = -(-length // ALIGN) * ALIGN
-    got = 0
-    while got < length:
-        n = os.preadv(fd, [view[got:aligned]], offset + got)
-        if n == 0:
-            break
-        got += n
-    return got
+def verification_error(device: Path, bad: Sequence[Mismatch]) -> FlashError:
+    first = bad[0]
+    return FlashError(
+        f"verification failed: {len(bad)} range(s) of {device} read back wrong, first "
+        f"at bytes {first.start}-{first.end} (expected {first.expected[:16]}..., "
+        f"read {first.actual[:16]}...); the device holds a corrupt image: flash it "
+        "again or replace the card"
+    )
 
 
 def verify_device(
@@ -112,10 +139,4 @@ def verify_device(
     """Raise FlashError naming the first bad range when the device does not read back."""
     bad = check_device(device, expected, progress)
     if bad:
-        first = bad[0]
-        raise FlashError(
-            f"verification failed: {len(bad)} range(s) of {device} read back wrong, first "
-            f"at bytes {first.start}-{first.end} (expected {first.expected[:16]}..., "
-            f"read {first.actual[:16]}...); the device holds a corrupt image: flash it "
-            "again or replace the card"
-        )
+        raise verification_error(device, bad)

@@ -1,18 +1,31 @@
 """Write an image onto an open block device: only the bmap's ranges when there is a
-bmap, every byte otherwise; each range hashed in the same pass that writes it.
+bmap, every byte otherwise.
 
-Reading (and decompressing) the next chunk runs in a helper thread while the current
-one is hashed and written, so a two-core machine keeps both the source and the device
-busy. The writer keeps count of what it has done, so that an error or Ctrl-C can say
-what state the device is left in.
+Three things overlap so that a two-core machine keeps the source, the CPU and the
+device busy at once: a helper thread reads (and decompresses) the next chunks, another
+hashes the current one, and this thread writes it. Writes go around the page cache
+(O_DIRECT, from page-aligned buffers) where the device allows: the image then does not
+pass through memory twice, the final fsync has little left to flush, and the read-back
+that follows cannot be served from cached pages.
+
+The image's bytes are hashed while they are written only when that hash is needed: to
+check a range against the bmap when there will be no read-back (``--no-verify``), or to
+know what to read back when there is no bmap with checksums. When the read-back is
+checked against the bmap itself, hashing the image too would only repeat the work; a
+failed read-back is then traced to the image or the device by ``image_digests``.
+The writer keeps count of what it has done, so that an error or Ctrl-C can say what
+state the device is left in.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
+import mmap
 import os
-from collections.abc import Callable, Iterator
+import struct
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -23,6 +36,9 @@ from fleet.flash.source import ImageSource, read_fully
 CHUNK = 8 * 1024 * 1024
 # Without a bmap the image is checked in segments, so a bad read-back names a place.
 SEGMENT = 64 * 1024 * 1024
+# Chunks read ahead of the one being written; each one in flight holds a buffer.
+READ_AHEAD = 2
+_BLKSSZGET = 0x1268  # ioctl: the device's logical sector size
 
 Progress = Callable[[int], None]
 
@@ -49,8 +65,23 @@ def expectations(bmap: Bmap) -> list[Expected]:
     return found
 
 
+def logical_block_size(fd: int) -> int:
+    """The unit O_DIRECT offsets and lengths must be multiples of (512 when unknown)."""
+    try:
+        raw = fcntl.ioctl(fd, _BLKSSZGET, b"\0" * 4)
+    except OSError:
+        return 512
+    size: int = struct.unpack("i", raw)[0]
+    return size if size > 0 else 512
+
+
+def aligned_buffers(count: int, size: int = CHUNK) -> list[memoryview]:
+    """Page-aligned buffers (mmap memory), as O_DIRECT wants."""
+    return [memoryview(mmap.mmap(-1, size)) for _ in range(count)]
+
+
 @dataclass(frozen=True)
-class _Span:
+class Span:
     start: int
     end: int | None  # None: to the end of the stream
     algorithm: str
@@ -65,6 +96,8 @@ class DeviceWriter:
         self.device_size = device_size
         self.device_name = device_name
         self.bytes_written = 0
+        self._block = logical_block_size(fd)
+        self._direct = _set_direct(fd, True)
 
     def state(self) -> str:
         """One phrase for the device's state, for messages after an error."""
@@ -76,31 +109,56 @@ class DeviceWriter:
         )
 
     def write(
-        self, source: ImageSource, bmap: Bmap | None, progress: Progress | None = None
+        self,
+        source: ImageSource,
+        bmap: Bmap | None,
+        progress: Progress | None = None,
+        *,
+        hash_image: bool = True,
     ) -> list[Expected]:
-        """Write the image; return what each written range must read back as."""
-        spans = _spans(bmap, source.size)
+        """Write the image; return what each written range must read back as.
+
+        ``hash_image=False`` skips hashing ranges whose bmap checksum is known (the
+        caller then checks the device against the bmap instead)."""
+        spans = iter_spans(bmap, source.size)
         written: list[Expected] = []
         digest = None
         seg_start = 0
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flash-read") as pool:
-            # The helper thread reads (and decompresses); this one hashes and writes.
-            for span, offset, data, ends in _prefetch(pool, _chunks(source, spans)):
-                if digest is None:
-                    digest, seg_start = hashlib.new(span.algorithm), offset
-                digest.update(data)
-                self._pwrite(data, offset)
-                if progress:
-                    progress(len(data))
-                if ends:
-                    end, actual = offset + len(data), digest.hexdigest()
-                    digest = None
+        hashing: Future[None] | None = None
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="flash") as pool:
+            hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flash-hash")
+            try:
+                for span, offset, data, ends in _prefetch(pool, _chunks(source, spans)):
+                    must_hash = hash_image or span.digest is None
+                    if must_hash:
+                        if digest is None:
+                            digest, seg_start = hashlib.new(span.algorithm), offset
+                        hashing = hasher.submit(digest.update, data)
+                    self._pwrite(data, offset)
+                    if hashing is not None:
+                        hashing.result()
+                        hashing = None
+                    if progress:
+                        progress(len(data))
+                    if not ends:
+                        continue
+                    end = offset + len(data)
+                    if digest is None:
+                        assert span.digest is not None
+                        written.append(Expected(span.start, end, span.algorithm, span.digest))
+                        continue
+                    actual, digest = digest.hexdigest(), None
                     if span.digest is not None and actual != span.digest:
                         raise FlashError(
                             f"the image's bytes {seg_start}-{end} do not match its bmap "
                             f"(corrupt image or wrong bmap); {self.state()}"
                         )
                     written.append(Expected(seg_start, end, span.algorithm, actual))
+            finally:
+                if hashing is not None:  # let it finish with the buffer before we go
+                    with contextlib.suppress(Exception):
+                        hashing.result()
+                hasher.shutdown()
         os.fsync(self.fd)
         return written
 
@@ -110,6 +168,21 @@ class DeviceWriter:
                 f"the image is larger than {self.device_name} "
                 f"({self.device_size} bytes); {self.state()}"
             )
+        block = self._block
+        if not self._direct or (offset % block == 0 and len(data) % block == 0):
+            self._write_all(data, offset)
+            return
+        # An unaligned piece (the image's short last block, or the end of a stream):
+        # the aligned part goes direct, the rest through the page cache (fsync'd later).
+        head = 0 if offset % block else len(data) - len(data) % block
+        self._write_all(data[:head], offset)
+        _set_direct(self.fd, False)
+        try:
+            self._write_all(data[head:], offset + head)
+        finally:
+            _set_direct(self.fd, True)
+
+    def _write_all(self, data: memoryview, offset: int) -> None:
         done = 0
         while done < len(data):
             n = os.pwrite(self.fd, data[done:], offset + done)
@@ -119,26 +192,51 @@ class DeviceWriter:
             self.bytes_written += n
 
 
-def _spans(bmap: Bmap | None, size: int | None) -> list[_Span]:
+def _set_direct(fd: int, on: bool) -> bool:
+    """Switch O_DIRECT on or off for ``fd``; False when the device or file refuses it."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    wanted = flags | os.O_DIRECT if on else flags & ~os.O_DIRECT
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, wanted)
+    except OSError:
+        return False
+    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT) == on
+
+
+def iter_spans(bmap: Bmap | None, size: int | None) -> list[Span]:
+    """The pieces of the image that are written, each checked as a whole."""
     if bmap is not None:
         algorithm = bmap.checksum_type or "sha256"
-        return [_Span(*bmap.span(r), algorithm, r.checksum) for r in bmap.ranges]
+        return [Span(*bmap.span(r), algorithm, r.checksum) for r in bmap.ranges]
     if size is None:
-        return [_Span(0, None, "sha256", None)]
+        return [Span(0, None, "sha256", None)]
     return [
-        _Span(start, min(start + SEGMENT, size), "sha256", None)
-        for start in range(0, size, SEGMENT)
+        Span(start, min(start + SEGMENT, size), "sha256", None) for start in range(0, size, SEGMENT)
     ]
 
 
+def image_digests(source: ImageSource, spans: Sequence[Span]) -> list[str]:
+    """Hash the image's own bytes over ``spans`` (ascending, bounded): used after a
+    failed read-back to tell a corrupt image or wrong bmap from a bad device."""
+    found: list[str] = []
+    digest = None
+    for span, _offset, data, ends in _chunks(source, list(spans)):
+        digest = digest or hashlib.new(span.algorithm)
+        digest.update(data)
+        if ends:
+            found.append(digest.hexdigest())
+            digest = None
+    return found
+
+
 # One item per chunk: (span, device offset, bytes, whether a checked segment ends here).
-_Item = tuple[_Span, int, memoryview, bool]
+_Item = tuple[Span, int, memoryview, bool]
 
 
-def _chunks(source: ImageSource, spans: list[_Span]) -> Iterator[_Item]:
+def _chunks(source: ImageSource, spans: list[Span]) -> Iterator[_Item]:
     """Yield the image's chunks span by span. Buffers rotate so that the consumer may
-    still hold the previous chunk while the next one is filled."""
-    buffers = [memoryview(bytearray(CHUNK)) for _ in range(3)]
+    still hold a chunk while the ones read ahead of it are filled."""
+    buffers = aligned_buffers(READ_AHEAD + 2)
     turn = 0
     pos = 0  # stream position, for sources that cannot seek
     for span in spans:
@@ -192,24 +290,33 @@ def _pread_fully(fd: int, view: memoryview, offset: int) -> int:
 
 
 def _prefetch(pool: ThreadPoolExecutor, items: Iterator[_Item]) -> Iterator[_Item]:
-    """Run ``items`` one step ahead in ``pool``: the next chunk is read and hashed while
-    the caller writes the current one. Three rotating buffers keep them apart."""
+    """Run ``items`` up to READ_AHEAD steps ahead in ``pool``. The steps of one generator
+    must not run at once, so each waits for the one before it."""
     sentinel = object()
+    pending: list[Future[_Item | object]] = []
 
-    def step() -> _Item | object:
+    def step(before: Future[_Item | object] | None) -> _Item | object:
+        if before is not None:
+            before.exception()  # wait; its own error is raised to the caller in order
         return next(items, sentinel)
 
-    pending: Future[_Item | object] = pool.submit(step)
+    def submit() -> None:
+        pending.append(pool.submit(step, pending[-1] if pending else None))
+
     try:
+        for _ in range(READ_AHEAD):
+            submit()
         while True:
-            item = pending.result()
+            item = pending.pop(0).result()
             if item is sentinel:
                 return
-            pending = pool.submit(step)
+            submit()
             yield item  # type: ignore[misc]
     finally:
-        pending.cancel()
+        for future in pending:
+            future.cancel()
         # let a running step finish before the generator is closed under it
-        with contextlib.suppress(Exception):  # the first error is already on its way
-            pending.result()
+        for future in pending:
+            with contextlib.suppress(Exception):  # the first error is already on its way
+                future.result()
         items.close()  # type: ignore[attr-defined]
