@@ -219,3 +219,49 @@ def test_bmap_of_image_is_reproducible(image: Path, tmp_path: Path) -> None:
     write_bmap(image, tmp_path / "again.bmap")
     assert (tmp_path / "again.bmap").read_bytes() == image.with_name("disk.img.bmap").read_bytes()
     assert create_bmap(image).mapped_bytes == sum(length for _, length in DATA)
+
+
+@pytest.mark.parametrize("how", ["bmap", "no-bmap", "gz-stream"])
+def test_image_ending_inside_a_sector(loop: tuple[str, Path], tmp_path: Path, how: str) -> None:
+    """Writes bypass the page cache in whole sectors; an image whose size is not a whole
+    number of sectors still lands byte for byte, and the bytes after it stay as they were."""
+    node, _ = loop
+    size = 40 * MiB + 8192 + 100
+    img = tmp_path / "odd.img"
+    with open(img, "wb") as handle:  # data at the start and right up to the last byte
+        handle.truncate(size)
+        handle.write(os.urandom(3 * MiB))
+        handle.seek(40 * MiB)
+        handle.write(os.urandom(8192 + 100))
+    args = ["--no-bmap"] if how == "no-bmap" else []
+    if how == "bmap":
+        write_bmap(img, tmp_path / "odd.img.bmap")
+    if how == "gz-stream":  # a gzip stream does not tell its size up front
+        img = tmp_path / "odd.gz"
+        img.write_bytes(gzip.compress((tmp_path / "odd.img").read_bytes(), 1))
+    result = fleet("flash", str(img), "-d", node, "--yes", "--json", *args)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["verified"] is True
+    data = (tmp_path / "odd.img").read_bytes()
+    if how == "bmap":  # only the data was written; the hole keeps the old bytes
+        assert read(node, 0, 3 * MiB) == data[: 3 * MiB]
+        assert read(node, 40 * MiB, size - 40 * MiB) == data[40 * MiB :]
+    else:
+        assert read(node, 0, size) == data
+    assert read(node, size, 412) == b"\xa5" * 412
+
+
+def test_corrupt_compressed_image_is_blamed_on_the_image(
+    image: Path, loop: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The read-back, checked against the bmap, also catches an image that does not
+    match its bmap; the message then names the image, not the device."""
+    node, _ = loop
+    data = bytearray(image.read_bytes())
+    data[5 * MiB + 4096 + 10] ^= 0xFF
+    packed = tmp_path / "disk.img.zst"
+    packed.write_bytes(zstandard.ZstdCompressor().compress(bytes(data)))
+    result = fleet("flash", str(packed), "-d", node, "--yes")
+    assert result.returncode == 6
+    assert f"bytes {5 * MiB + 4096}-{8 * MiB + 4096} do not match its bmap" in result.stderr
+    assert "partial image" in result.stderr
