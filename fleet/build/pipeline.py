@@ -111,8 +111,9 @@ def build(
     check_tree(staged.root, profile.arch, profile.name)
 
     step("payloads")
-    release_tmp = out / f".{RELEASE_DIR}.tmp"
-    shutil.rmtree(release_tmp, ignore_errors=True)
+    # Everything is made in work/ and moved into OUT at the very end: a failed build
+    # leaves OUT as it was, never a new release beside an old disk image.
+    release_tmp = work / RELEASE_DIR
     release_tmp.mkdir()
     rootfs_img = release_tmp / "rootfs.squashfs"
     payloads.make_squashfs(staged.root, rootfs_img, mtime)
@@ -142,18 +143,14 @@ def build(
         from fleet.trust import sign_release
 
         signed = (sign_release(release_tmp, key),)
-    release = out / RELEASE_DIR
-    shutil.rmtree(release, ignore_errors=True)
-    os.replace(release_tmp, release)
 
     step("disk")
     firmware = _firmware_partition(work, profile, roots, mtime)
-    image = out / DISK_IMAGE
-    disk.make_disk(image, profile, firmware, release / "boot.vfat", release / "rootfs.squashfs")
+    image = work / DISK_IMAGE
+    disk.make_disk(image, profile, firmware, boot_img, rootfs_img)
     from fleet.bmap import write_bmap
 
-    bmap_path = out / f"{DISK_IMAGE}.bmap"
-    write_bmap(image, bmap_path)
+    write_bmap(image, work / f"{DISK_IMAGE}.bmap")
 
     step("report")
     boot_entries = [
@@ -162,9 +159,35 @@ def build(
         )
         for name, path in sorted(boot_files.items())
     ]
-    report_path = _write_report(out, staged, boot_entries, debs, roots, manifest)
+    outputs = work / "outputs"
+    outputs.mkdir()
+    _write_report(outputs, image, staged, boot_entries, debs, roots, manifest)
+    for name in (RELEASE_DIR, DISK_IMAGE, f"{DISK_IMAGE}.bmap"):
+        os.replace(work / name, outputs / name)
+    _land(outputs, out)
     shutil.rmtree(work, ignore_errors=True)
-    return BuildResult(release, image, bmap_path, manifest, report_path, signed)
+    return BuildResult(
+        out / RELEASE_DIR,
+        out / DISK_IMAGE,
+        out / f"{DISK_IMAGE}.bmap",
+        manifest,
+        out / report.SUMMARY_NAME,
+        signed,
+    )
+
+
+def _land(outputs: Path, out: Path) -> None:
+    """Move each finished output into ``out``, replacing the previous build's."""
+    for item in sorted(outputs.iterdir()):
+        target = out / item.name
+        if item.is_dir() and target.exists():
+            old = out / f".{item.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(item, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(item, target)
 
 
 def _board_trust(key: Path | None, trust: Path | None) -> rootfs.BoardTrust:
@@ -278,6 +301,7 @@ def _inputs(project: Project, profile: BoardProfile, debs: dict[str, debian.Deb]
 
 def _write_report(
     out: Path,
+    image: Path,
     staged: rootfs.Staged,
     boot_entries: list[report.FileEntry],
     debs: dict[str, debian.Deb],
@@ -296,7 +320,7 @@ def _write_report(
         if d.name in used
     ]
     sizes = [report.Payload(p.file, p.size) for p in manifest.payloads]
-    sizes.append(report.Payload(DISK_IMAGE, (out / DISK_IMAGE).stat().st_size, counted=False))
+    sizes.append(report.Payload(DISK_IMAGE, image.stat().st_size, counted=False))
     image_report = report.ImageReport(
         app=manifest.app,
         version=manifest.version,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -142,7 +143,13 @@ def test_binary_needing_a_library_missing_from_the_image_is_refused(
     )
     app = _recipe_project(tmp_path, recipe, {"demo.c": "int fleet_demo(void) { return 1; }\n"})
     (app / "fleet.lock").write_text((hello_virt.app / "fleet.lock").read_text())
+    # OUT already holds a good build: a failed build must leave it as it was.
+    out = tmp_path / "out"
+    shutil.copytree(hello_virt.out, out)
+    before = {p.name: sha256(p) for p in (out / "disk.img", out / "release" / "manifest.json")}
     result = fleet("build", "--board", "qemu-virt-arm64", "--project", app,
-                   "--out", tmp_path / "out", check=False)
+                   "--out", out, check=False)
     assert result.returncode == 4, result.stderr
     assert "app/bin/hello-c: needs libfleetdemo.so, which is not in the image" in result.stderr
+    after = {p.name: sha256(p) for p in (out / "disk.img", out / "release" / "manifest.json")}
+    assert after == before
