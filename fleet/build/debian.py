@@ -25,10 +25,11 @@ from fleet.run import run
 
 LOCK_FORMAT = 1
 SUITE = "bookworm"
+# non-free-firmware holds the Raspberry Pi GPU firmware (raspi-firmware).
 _DEFAULT_SOURCES = (
-    "deb http://deb.debian.org/debian bookworm main",
-    "deb http://deb.debian.org/debian bookworm-updates main",
-    "deb http://deb.debian.org/debian-security bookworm-security main",
+    "deb http://deb.debian.org/debian bookworm main non-free-firmware",
+    "deb http://deb.debian.org/debian bookworm-updates main non-free-firmware",
+    "deb http://deb.debian.org/debian-security bookworm-security main non-free-firmware",
 )
 _NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 _VERSION = re.compile(r"^[A-Za-z0-9.+~:-]+$")

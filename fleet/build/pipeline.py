@@ -45,6 +45,8 @@ def _packages_for(profile: BoardProfile, project: Project) -> list[str]:
     loader = profile.bootloader
     if loader and loader.install.startswith("file:"):
         names.append(loader.package)
+    if profile.firmware is not None:
+        names.append(profile.firmware.package)
     return sorted(set(names))
 
 
@@ -220,12 +222,21 @@ def _boot_files(
     image.write_bytes(gzip.compress(ktree.image.read_bytes(), compresslevel=9, mtime=mtime))
     initrd = folder / "initrd.gz"
     busybox = roots["busybox-static"] / "bin/busybox"
-    initrd.write_bytes(initramfs.build_initramfs(busybox, ktree, boot_modules, mtime))
+    storage = profile.storage
+    initrd.write_bytes(
+        initramfs.build_initramfs(
+            busybox, ktree, boot_modules, mtime, f"{storage.linux_disk}{storage.partition_prefix}"
+        )
+    )
     files = {"Image.gz": image, "initrd.gz": initrd}
     if profile.kernel.dtb:
         dtb = folder / bootscript.DTB_NAME
         shutil.copyfile(ktree.dtb(profile.kernel.dtb), dtb)
         files[bootscript.DTB_NAME] = dtb
+    if profile.firmware is not None and profile.boot_method == "rpi-tryboot":
+        # With tryboot_a_b the firmware loads its own files from the slot it boots, so
+        # they belong to the slot: an update can carry new firmware with its kernel.
+        files.update(_firmware_files(folder, profile, roots))
     if profile.boot_method == "rpi-tryboot":
         for name, text in (
             ("config.txt", bootscript.tryboot_config_txt(profile)),
@@ -233,6 +244,20 @@ def _boot_files(
         ):
             (folder / name).write_text(text)
             files[name] = folder / name
+    return files
+
+
+def _firmware_files(folder: Path, profile: BoardProfile, roots: dict[str, Path]) -> dict[str, Path]:
+    assert profile.firmware is not None
+    root = roots[profile.firmware.package]
+    files = {}
+    for rel in profile.firmware.files:
+        source = root / rel
+        if not source.is_file():
+            raise BuildError(f"{profile.firmware.package} has no {rel} (board {profile.name})")
+        target = folder / Path(rel).name
+        shutil.copyfile(source, target)
+        files[target.name] = target
     return files
 
 
@@ -267,13 +292,9 @@ def _firmware_partition(
                 kernel.find_kernel(kernel_root).dtb(profile.kernel.dtb), folder / dtb_name
             )
             files[dtb_name] = folder / dtb_name
-    if profile.firmware is not None:
-        fw_root = roots.get(profile.firmware.package)
-        if fw_root is None and profile.firmware.required:
-            raise BuildError(
-                f"board {profile.name} needs firmware from {profile.firmware.package}, "
-                "which is not in the configured Debian archive (non-free-firmware)"
-            )
+    if profile.firmware is not None and profile.boot_method == "uboot-ab":
+        # The GPU firmware that loads U-Boot reads its files from the first partition.
+        files.update(_firmware_files(folder, profile, roots))
     (folder / "fleet").mkdir()
     readme = folder / "fleet" / "README.txt"
     readme.write_text(
