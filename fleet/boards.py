@@ -36,6 +36,10 @@ class Bootloader:
     file: str  # path inside the package
     install: str  # "qemu-bios", "qemu-kernel" or "file:NAME" (copied onto the boot partition)
     env: tuple[str, ...]  # NAME=VALUE set by the boot script first (load addresses)
+    # U-Boot environment file written onto partition 1 ("" = none; then U-Boot runs its
+    # built-in default environment), and the size U-Boot was built with (CONFIG_ENV_SIZE).
+    saved_env: str = ""
+    saved_env_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -171,11 +175,20 @@ def _bootloader(top: Table) -> Bootloader | None:
         name, sep, value = item.partition("=")
         if not sep or not name.replace("_", "").isalnum() or not value.replace("x", "").isalnum():
             raise table.error(f"env[{index}]", f"expected NAME=VALUE, got {item!r}")
+    saved_env = table.str("saved_env", default="")
+    saved_env_size = table.int("saved_env_size", default=0, minimum=0)
+    if saved_env:
+        if saved_env_size < 512:
+            raise table.error("saved_env_size", "must be U-Boot's CONFIG_ENV_SIZE (at least 512)")
+        if not any(item.startswith("scriptaddr=") for item in env):
+            raise table.error("env", "saved_env needs scriptaddr=ADDRESS to load boot.scr at")
     loader = Bootloader(
         package=table.str("package"),
         file=table.str("file"),
         install=_install(table),
         env=tuple(env),
+        saved_env=saved_env,
+        saved_env_size=saved_env_size,
     )
     table.reject_unknown()
     return loader

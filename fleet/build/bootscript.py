@@ -3,9 +3,12 @@ firmware's config files for rpi-tryboot boards."""
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 from fleet.boards import BoardProfile
+from fleet.errors import BuildError
 from fleet.run import run
 
 DEVICE_DIR = Path(__file__).resolve().parent.parent / "device"
@@ -63,6 +66,26 @@ def make_uboot_script(profile: BoardProfile, work: Path) -> Path:
         env={"SOURCE_DATE_EPOCH": "0"},
     )
     return output
+
+
+def uboot_saved_env(profile: BoardProfile) -> bytes:
+    """The U-Boot environment file for partition 1: the profile's variables and a bootcmd
+    that runs boot.scr, and nothing else. Debian's Pi 3 U-Boot otherwise runs its default
+    ``preboot=usb start``; on QEMU raspi3b that consumes the USB port's only connect event
+    (QEMU's dwc2 raises it on reset or hotplug alone), so Linux never sees its network.
+    Skipping the scan also saves real boards the USB enumeration."""
+    loader = profile.bootloader
+    assert loader is not None and loader.saved_env
+    bootcmd = (
+        f"load {profile.storage.uboot_disk}:1 ${{scriptaddr}} boot.scr && source ${{scriptaddr}}"
+    )
+    body = b"".join(item.encode() + b"\0" for item in (*loader.env, f"bootcmd={bootcmd}"))
+    size = loader.saved_env_size
+    if len(body) + 1 > size - 4:
+        raise BuildError(f"U-Boot environment needs {len(body) + 1} bytes, it holds {size - 4}")
+    # U-Boot's env file layout: CRC32 of the rest, then NUL-ended pairs, NUL padding.
+    body += bytes(size - 4 - len(body))
+    return struct.pack("<I", zlib.crc32(body)) + body
 
 
 def tryboot_autoboot_txt() -> str:

@@ -269,6 +269,10 @@ def _firmware_partition(
     files: dict[str, Path] = {}
     if profile.boot_method == "uboot-ab":
         files["boot.scr"] = bootscript.make_uboot_script(profile, folder)
+        if profile.bootloader and profile.bootloader.saved_env:
+            name = profile.bootloader.saved_env
+            (folder / name).write_bytes(bootscript.uboot_saved_env(profile))
+            files[name] = folder / name
     else:
         (folder / "autoboot.txt").write_text(bootscript.tryboot_autoboot_txt())
         files["autoboot.txt"] = folder / "autoboot.txt"
