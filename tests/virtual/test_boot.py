@@ -62,13 +62,18 @@ def test_raspberry_pi_3_boots_to_a_healthy_app(
     (app / "fleet.lock").write_text((hello_virt.app / "fleet.lock").read_text())
     out = base / "out"
     fleet("build", "--board", "rpi3b", "--project", app, "--out", out, "--key", hello_virt.key)
+    # `up` waits for the SSH banner too: the network is QEMU's usb-net on the Pi's dwc2.
     up = json.loads(fleet("lab", "up", "--board", "rpi3b", "--disk", out / "disk.img",
-                          "--name", "boot-rpi3b", "--no-ssh-wait", "--timeout", "300",
+                          "--name", "boot-rpi3b", "--timeout", "300",
                           "--json", timeout=400).stdout)
     try:
         console = wait_for_console(Path(up["console_log"]), "fleet: app healthy", 240)
         assert "fleet: booting slot A" in console
         assert "host rpi3b" in console or "host boot-rpi3b" in console
+        # U-Boot no longer scans USB, so Linux gets the port's connect event.
+        assert "Not connected" not in console
+        slot = fleet("lab", "ssh", "boot-rpi3b", "--", "cat", "/run/fleet/slot")
+        assert slot.stdout.strip() == "A"
     finally:
         fleet("lab", "down", "boot-rpi3b")
 
