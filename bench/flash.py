@@ -182,13 +182,15 @@ def report(bench: Bench) -> None:
         if name in bench.inner:
             write = statistics.median(w for w, _ in bench.inner[name])
             verify = statistics.median(v for _, v in bench.inner[name])
-            extra = f"   fleet's own: write+sync {write:.2f} s, read-back {verify:.2f} s"
+            extra = f"   fleet's own: write+sync {write:.2f} s, then read-back {verify:.2f} s"
         runs = ", ".join(f"{t:.2f}" for t in times)
         print(f"  {name:<26} {bench.median(name):6.2f} s  [{runs}]{extra}")
     print(
         "\nverification differs: bmaptool copy checks the image's bytes against the bmap "
         "while reading\nthem and never reads the device back; fleet flash reads every "
-        "written range back from\nthe device (O_DIRECT) and checks it against the bmap; "
+        "written range back from\nthe device (O_DIRECT, each range as soon as it is written, "
+        "alongside the next writes;\n'then read-back' is what is left after the fsync) and "
+        "checks it against the bmap; "
         "dd is followed by a full read-back.\n'--no-verify' is fleet without the "
         "read-back, checking the image against the bmap like bmaptool."
     )

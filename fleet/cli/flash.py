@@ -13,7 +13,6 @@ from fleet import provision
 from fleet.cli import provision as provision_opts
 from fleet.cli.output import JSON_HELP, bytes_progress, note, out, print_json
 from fleet.errors import FlashError, UsageError
-from fleet.flash import rpiboot
 from fleet.flash.discovery import BlockDevice, device_info, list_block_devices
 from fleet.flash.flasher import find_bmap, image_size
 from fleet.flash.flasher import flash as run_flash
@@ -81,6 +80,8 @@ def _find_target(
     if device is not None:
         return device_info(device)
     if rpiboot_mode or usb_path or usb_serial:
+        from fleet.flash import rpiboot  # pyusb only for boards in boot-ROM mode (start-up)
+
         served = rpiboot.boot(
             rpiboot.BootFiles(rpiboot_files),
             path=usb_path,

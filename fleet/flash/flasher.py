@@ -14,8 +14,8 @@ from fleet.errors import FlashError
 from fleet.flash.discovery import BlockDevice
 from fleet.flash.safety import close_device, open_exclusive
 from fleet.flash.source import ImageSource, bmap_candidates, open_image
-from fleet.flash.verify import check_device, verification_error
-from fleet.flash.writer import DeviceWriter, Span, image_digests
+from fleet.flash.verify import DeviceChecker, Mismatch, check_device, verification_error
+from fleet.flash.writer import DeviceWriter, Expected, RangeDone, Span, image_digests
 
 # Called with (phase, total bytes or None); returns the per-chunk advance callback.
 PhaseHook = Callable[[str, int | None], Callable[[int], None]]
@@ -90,17 +90,32 @@ def flash(
         # With a read-back against the bmap's own checksums, that read-back also proves
         # the image matched its bmap: hashing the image while writing would be redundant.
         hash_image = not (verify and bmap is not None and bmap.checksum_type is not None)
-        written = writer.write(source, bmap, advance, hash_image=hash_image)
-        wrote_at = time.monotonic()
-        if verify:
-            check = phase("verifying", sum(e.end - e.start for e in written)) if phase else None
-            bad = check_device(Path(device.node), written, check)
-            if bad:
-                if not hash_image:
-                    assert bmap is not None and bmap.checksum_type is not None
-                    spans = [Span(b.start, b.end, bmap.checksum_type, b.expected) for b in bad]
-                    _blame_image(source.path, spans, writer)
-                raise verification_error(Path(device.node), bad)
+        checker = _early_checker(device, writer, total, phase) if verify else None
+        bad: list[Mismatch] = []
+        try:
+            written = writer.write(
+                source,
+                bmap,
+                advance,
+                hash_image=hash_image,
+                range_done=_read_back_early(checker) if checker else None,
+            )
+            wrote_at = time.monotonic()
+            if checker is not None:
+                bad = checker.results()
+            elif verify:
+                total = sum(e.end - e.start for e in written)
+                check = phase("verifying", total) if phase else None
+                bad = check_device(Path(device.node), written, check)
+        finally:
+            if checker is not None:
+                checker.close()
+        if bad:
+            if not hash_image:
+                assert bmap is not None and bmap.checksum_type is not None
+                spans = [Span(b.start, b.end, bmap.checksum_type, b.expected) for b in bad]
+                _blame_image(source.path, spans, writer)
+            raise verification_error(Path(device.node), bad)
         verified_at = time.monotonic()
     except KeyboardInterrupt:
         raise FlashError(f"interrupted; {writer.state()}") from None
@@ -119,6 +134,33 @@ def flash(
         write_seconds=wrote_at - started,
         verify_seconds=verified_at - wrote_at,
     )
+
+
+def _early_checker(
+    device: BlockDevice, writer: DeviceWriter, total: int | None, phase: PhaseHook | None
+) -> DeviceChecker | None:
+    """A checker that reads ranges back while later ones are written, when both the
+    writes and the reads bypass the page cache (a write that returned is then on the
+    device, and a read cannot be served from memory); None when either is cached, and
+    the read-back then waits for the fsync."""
+    if not writer.direct:
+        return None
+    check = phase("verifying", total) if phase else None
+    checker = DeviceChecker(Path(device.node), check)
+    if not checker.direct:
+        checker.close()
+        return None
+    return checker
+
+
+def _read_back_early(checker: DeviceChecker) -> RangeDone:
+    def done(item: Expected, on_device: bool) -> None:
+        if on_device:
+            checker.submit(item)
+        else:  # partly in the page cache until the fsync at the end of writing
+            checker.after_sync.append(item)
+
+    return done
 
 
 def _blame_image(path: Path, spans: list[Span], writer: DeviceWriter) -> None:

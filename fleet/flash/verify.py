@@ -6,7 +6,9 @@ is refused, the device's cached pages are dropped first (fsync + POSIX_FADV_DONT
 
 Ranges are independent, so two of them are checked at once (hashlib lets go of the GIL
 on large buffers), and inside each range the next chunk is read while the current one
-is hashed: O_DIRECT has no kernel readahead, so the reads in flight are our own.
+is hashed: O_DIRECT has no kernel readahead, so the reads in flight are our own. A
+range written around the page cache can be read back as soon as its write returned,
+while the next ones are being written (``DeviceChecker``).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class _Reader:
         self.align = align
         self.reads = reads
         self.progress = progress
+        self.stopped = False
         self.free: queue.SimpleQueue[list[memoryview]] = queue.SimpleQueue()
         for _ in range(RANGES_AT_ONCE):
             self.free.put(aligned_buffers(2, CHUNK))
@@ -75,6 +78,8 @@ class _Reader:
         reads = [(pos, min(CHUNK, item.end - pos)) for pos in range(item.start, item.end, CHUNK)]
         pending: Future[int] | None = None
         for index, (offset, length) in enumerate(reads):
+            if self.stopped:
+                break
             view = pair[index % 2]
             got = pending.result() if pending else self._read_at(view, offset, length)
             pending = None
@@ -102,25 +107,60 @@ class _Reader:
         return got
 
 
+class DeviceChecker:
+    """Reads ranges of a device back as they are handed in, two at a time, while the
+    caller goes on (writing the next ones). ``direct`` says whether reads bypass the page
+    cache; without it, only hand ranges in after the device was synced."""
+
+    def __init__(self, device: Path, progress: Callable[[int], None] | None = None) -> None:
+        self.device = device
+        try:
+            self.fd, self.direct = _open_uncached(device)
+        except OSError as exc:
+            raise FlashError(f"cannot open {device} to verify: {exc.strerror}") from exc
+        self._reads = ThreadPoolExecutor(RANGES_AT_ONCE, thread_name_prefix="verify-read")
+        self._hashes = ThreadPoolExecutor(RANGES_AT_ONCE, thread_name_prefix="verify-hash")
+        align = logical_block_size(self.fd) if self.direct else 1
+        self._reader = _Reader(self.fd, align, self._reads, progress)
+        self._pending: list[Future[Mismatch | None]] = []
+        # ranges to read only once the device was synced; results() submits them
+        self.after_sync: list[Expected] = []
+
+    def submit(self, item: Expected) -> None:
+        self._pending.append(self._hashes.submit(self._reader.check, item))
+
+    def results(self) -> list[Mismatch]:
+        """Wait for every range handed in; return those that read back wrong, in order.
+        Call it after the device was synced."""
+        for item in self.after_sync:
+            self.submit(item)
+        self.after_sync = []
+        found = [f.result() for f in self._pending]
+        return sorted((bad for bad in found if bad is not None), key=lambda b: b.start)
+
+    def close(self) -> None:
+        for future in self._pending:
+            future.cancel()
+        self._reader.stopped = True  # a range being read gives up at its next chunk
+        self._hashes.shutdown()
+        self._reads.shutdown()
+        os.close(self.fd)
+
+    def __enter__(self) -> DeviceChecker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def check_device(
     device: Path, expected: Sequence[Expected], progress: Callable[[int], None] | None = None
 ) -> list[Mismatch]:
     """Hash each expected range as read from ``device``; return the ranges that differ."""
-    try:
-        fd, direct = _open_uncached(device)
-    except OSError as exc:
-        raise FlashError(f"cannot open {device} to verify: {exc.strerror}") from exc
-    try:
-        align = logical_block_size(fd) if direct else 1
-        with (
-            ThreadPoolExecutor(RANGES_AT_ONCE, thread_name_prefix="verify-read") as reads,
-            ThreadPoolExecutor(RANGES_AT_ONCE, thread_name_prefix="verify-hash") as hashes,
-        ):
-            reader = _Reader(fd, align, reads, progress)
-            results = list(hashes.map(reader.check, expected))
-    finally:
-        os.close(fd)
-    return [bad for bad in results if bad is not None]
+    with DeviceChecker(device, progress) as checker:
+        for item in expected:
+            checker.submit(item)
+        return checker.results()
 
 
 def verification_error(device: Path, bad: Sequence[Mismatch]) -> FlashError:

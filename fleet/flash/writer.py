@@ -41,6 +41,9 @@ READ_AHEAD = 2
 _BLKSSZGET = 0x1268  # ioctl: the device's logical sector size
 
 Progress = Callable[[int], None]
+# Called as each checked range is complete: (its expectation, whether all of it went
+# around the page cache, so that it can be read back before the final fsync).
+RangeDone = Callable[["Expected", bool], None]
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,8 @@ class DeviceWriter:
         self.device_name = device_name
         self.bytes_written = 0
         self._block = logical_block_size(fd)
-        self._direct = _set_direct(fd, True)
+        self.direct = _set_direct(fd, True)
+        self._cached = False  # some bytes of the current range went through the page cache
 
     def state(self) -> str:
         """One phrase for the device's state, for messages after an error."""
@@ -115,11 +119,13 @@ class DeviceWriter:
         progress: Progress | None = None,
         *,
         hash_image: bool = True,
+        range_done: RangeDone | None = None,
     ) -> list[Expected]:
         """Write the image; return what each written range must read back as.
 
         ``hash_image=False`` skips hashing ranges whose bmap checksum is known (the
-        caller then checks the device against the bmap instead)."""
+        caller then checks the device against the bmap instead). ``range_done`` hears
+        of each range as soon as it is written."""
         spans = iter_spans(bmap, source.size)
         written: list[Expected] = []
         digest = None
@@ -145,15 +151,19 @@ class DeviceWriter:
                     end = offset + len(data)
                     if digest is None:
                         assert span.digest is not None
-                        written.append(Expected(span.start, end, span.algorithm, span.digest))
-                        continue
-                    actual, digest = digest.hexdigest(), None
-                    if span.digest is not None and actual != span.digest:
-                        raise FlashError(
-                            f"the image's bytes {seg_start}-{end} do not match its bmap "
-                            f"(corrupt image or wrong bmap); {self.state()}"
-                        )
-                    written.append(Expected(seg_start, end, span.algorithm, actual))
+                        done = Expected(span.start, end, span.algorithm, span.digest)
+                    else:
+                        actual, digest = digest.hexdigest(), None
+                        if span.digest is not None and actual != span.digest:
+                            raise FlashError(
+                                f"the image's bytes {seg_start}-{end} do not match its bmap "
+                                f"(corrupt image or wrong bmap); {self.state()}"
+                            )
+                        done = Expected(seg_start, end, span.algorithm, actual)
+                    written.append(done)
+                    if range_done:
+                        range_done(done, self.direct and not self._cached)
+                    self._cached = False
             finally:
                 if hashing is not None:  # let it finish with the buffer before we go
                     with contextlib.suppress(Exception):
@@ -169,9 +179,10 @@ class DeviceWriter:
                 f"({self.device_size} bytes); {self.state()}"
             )
         block = self._block
-        if not self._direct or (offset % block == 0 and len(data) % block == 0):
+        if not self.direct or (offset % block == 0 and len(data) % block == 0):
             self._write_all(data, offset)
             return
+        self._cached = True
         # An unaligned piece (the image's short last block, or the end of a stream):
         # the aligned part goes direct, the rest through the page cache (fsync'd later).
         head = 0 if offset % block else len(data) - len(data) % block
