@@ -120,31 +120,14 @@ def resolve(names: list[str], arch: str) -> dict[str, Deb]:
     debs_dir = cache_dir() / "debs"
     debs_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fleet-resolve-") as tmp:
-        target = Path(tmp) / "root"
-        run(
-            [
-                "mmdebstrap",
-                "--variant=extract",
-                f"--architectures={arch}",
-                "--skip=download/empty",
-                "--skip=cleanup/apt/cache",
-                "--quiet",
-                f"--include={','.join(sorted(names))}",
-                SUITE,
-                target,
-                *_sources(),
-            ],
-            timeout=900,
-        )
-        archives = target / "var/cache/apt/archives"
+        target = _download(names, arch, Path(tmp))
         found: dict[str, Deb] = {}
-        for deb_path in sorted(archives.glob("*.deb")):
+        for deb_path in sorted(target.glob("*.deb")):
             name, version, deb_arch = _deb_fields(deb_path)
             sha = _sha256(deb_path)
             filename = f"{name}_{version.replace(':', '%3a')}_{deb_arch}.deb"
             cached = debs_dir / filename
-            if not cached.exists():
-                shutil.copyfile(deb_path, cached)
+            _cache(deb_path, cached)
             found[f"{name}:{deb_arch}"] = Deb(name, version, deb_arch, sha, filename)
     missing = [n for n in names if f"{n}:{arch}" not in found and f"{n}:all" not in found]
     if missing:
@@ -174,27 +157,40 @@ def resolve_pinned(pins: list[str], arch: str) -> None:
     """Fetch exact ``name=version`` pins into the cache (used when the cache lost them)."""
     debs_dir = cache_dir() / "debs"
     with tempfile.TemporaryDirectory(prefix="fleet-fetch-") as tmp:
-        target = Path(tmp) / "root"
-        run(
-            [
-                "mmdebstrap",
-                "--variant=extract",
-                f"--architectures={arch}",
-                "--skip=download/empty",
-                "--skip=cleanup/apt/cache",
-                "--quiet",
-                f"--include={','.join(sorted(pins))}",
-                SUITE,
-                target,
-                *_sources(),
-            ],
-            timeout=900,
-        )
-        for deb_path in sorted((target / "var/cache/apt/archives").glob("*.deb")):
+        for deb_path in sorted(_download(pins, arch, Path(tmp)).glob("*.deb")):
             name, version, deb_arch = _deb_fields(deb_path)
-            cached = debs_dir / f"{name}_{version.replace(':', '%3a')}_{deb_arch}.deb"
-            if not cached.exists():
-                shutil.copyfile(deb_path, cached)
+            _cache(deb_path, debs_dir / f"{name}_{version.replace(':', '%3a')}_{deb_arch}.deb")
+
+
+def _cache(source: Path, cached: Path) -> None:
+    # Copy then rename: a cut copy never sits in the cache under a package's name.
+    if cached.exists():
+        return
+    partial = cached.with_name(f".{cached.name}.part")
+    shutil.copyfile(source, partial)
+    os.replace(partial, cached)
+
+
+def _download(includes: list[str], arch: str, scratch: Path) -> Path:
+    """Let mmdebstrap resolve and download ``includes`` for ``arch``; return the folder
+    holding the .debs. ``extract`` runs nothing of the foreign architecture."""
+    target = scratch / "root"
+    run(
+        [
+            "mmdebstrap",
+            "--variant=extract",
+            f"--architectures={arch}",
+            "--skip=download/empty",
+            "--skip=cleanup/apt/cache",
+            "--quiet",
+            f"--include={','.join(sorted(includes))}",
+            SUITE,
+            target,
+            *_sources(),
+        ],
+        timeout=900,
+    )
+    return target / "var/cache/apt/archives"
 
 
 def extract(deb: Deb) -> Path:
