@@ -38,6 +38,19 @@ def wait_for_console(log: Path, text: str, timeout: float) -> str:
                          + "\n".join(content.splitlines()[-15:]))
 
 
+def build_copy(
+    tmp_path_factory: pytest.TempPathFactory, hello_virt: Built, example: str, board: str
+) -> Path:
+    """Build a private copy of an example for ``board`` with the session's pins and key;
+    returns the disk image."""
+    base = tmp_path_factory.mktemp(f"{example}-{board}")
+    app = copy_example(example, base / "app")
+    (app / "fleet.lock").write_text((hello_virt.app / "fleet.lock").read_text())
+    fleet("build", "--board", board, "--project", app, "--out", base / "out",
+          "--key", hello_virt.key)
+    return base / "out" / "disk.img"
+
+
 def test_virt_board_boots_to_the_app(hello_virt: Built) -> None:
     up = json.loads(fleet("lab", "up", "--board", "qemu-virt-arm64", "--disk", hello_virt.disk,
                           "--name", "boot-virt", "--json").stdout)
@@ -57,13 +70,9 @@ def test_virt_board_boots_to_the_app(hello_virt: Built) -> None:
 def test_raspberry_pi_3_boots_to_a_healthy_app(
     tmp_path_factory: pytest.TempPathFactory, hello_virt: Built
 ) -> None:
-    base = tmp_path_factory.mktemp("hello-rpi3b")
-    app = copy_example("hello-c", base / "app")
-    (app / "fleet.lock").write_text((hello_virt.app / "fleet.lock").read_text())
-    out = base / "out"
-    fleet("build", "--board", "rpi3b", "--project", app, "--out", out, "--key", hello_virt.key)
+    disk = build_copy(tmp_path_factory, hello_virt, "hello-c", "rpi3b")
     # `up` waits for the SSH banner too: the network is QEMU's usb-net on the Pi's dwc2.
-    up = json.loads(fleet("lab", "up", "--board", "rpi3b", "--disk", out / "disk.img",
+    up = json.loads(fleet("lab", "up", "--board", "rpi3b", "--disk", disk,
                           "--name", "boot-rpi3b", "--timeout", "300",
                           "--json", timeout=400).stdout)
     try:
@@ -81,14 +90,9 @@ def test_raspberry_pi_3_boots_to_a_healthy_app(
 def test_go_app_image_boots_and_answers(
     tmp_path_factory: pytest.TempPathFactory, hello_virt: Built
 ) -> None:
-    base = tmp_path_factory.mktemp("hello-go")
-    app = copy_example("hello-go", base / "app")
-    (app / "fleet.lock").write_text((hello_virt.app / "fleet.lock").read_text())
-    out = base / "out"
-    fleet("build", "--board", "qemu-virt-arm64", "--project", app, "--out", out,
-          "--key", hello_virt.key)
-    up = json.loads(fleet("lab", "up", "--board", "qemu-virt-arm64", "--disk",
-                          out / "disk.img", "--name", "boot-go", "--json").stdout)
+    disk = build_copy(tmp_path_factory, hello_virt, "hello-go", "qemu-virt-arm64")
+    up = json.loads(fleet("lab", "up", "--board", "qemu-virt-arm64", "--disk", disk,
+                          "--name", "boot-go", "--json").stdout)
     try:
         assert http_get(up["app_port"], "/version").strip() == "1.0.0"
         wait_for_console(Path(up["console_log"]), "fleet: app healthy: hello-go 1.0.0", 60)
