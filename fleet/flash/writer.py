@@ -38,6 +38,8 @@ CHUNK = 8 * 1024 * 1024
 SEGMENT = 64 * 1024 * 1024
 # Chunks read ahead of the one being written; each one in flight holds a buffer.
 READ_AHEAD = 2
+# How far beyond the range being read the kernel is asked to read a raw image ahead.
+ADVISE_AHEAD = 64 * 1024 * 1024
 _BLKSSZGET = 0x1268  # ioctl: the device's logical sector size
 
 Progress = Callable[[int], None]
@@ -250,7 +252,10 @@ def _chunks(source: ImageSource, spans: list[Span]) -> Iterator[_Item]:
     buffers = aligned_buffers(READ_AHEAD + 2)
     turn = 0
     pos = 0  # stream position, for sources that cannot seek
-    for span in spans:
+    advised = 0  # spans whose reading has been asked for ahead of time
+    for index, span in enumerate(spans):
+        if source.raw_fd is not None and ADVISE_AHEAD:
+            advised = _advise(source.raw_fd, spans, index, advised)
         if source.raw_fd is None and span.start > pos:
             pos = _skip(source, pos, span.start, buffers[turn])
         offset = span.start
@@ -279,6 +284,19 @@ def _chunks(source: ImageSource, spans: list[Span]) -> Iterator[_Item]:
             else:
                 ends = offset >= span.end
             yield span, offset - got, view[:got], ends
+
+
+def _advise(fd: int, spans: list[Span], index: int, advised: int) -> int:
+    """Ask the kernel to start reading the spans that follow, up to ADVISE_AHEAD bytes:
+    the image's ranges are apart, so its own readahead stops at the end of each."""
+    limit = spans[index].start + ADVISE_AHEAD
+    advised = max(advised, index + 1)
+    while advised < len(spans) and spans[advised].start < limit:
+        span = spans[advised]
+        if span.end is not None:
+            os.posix_fadvise(fd, span.start, span.end - span.start, os.POSIX_FADV_WILLNEED)
+        advised += 1
+    return advised
 
 
 def _skip(source: ImageSource, pos: int, target: int, scratch: memoryview) -> int:
