@@ -13,6 +13,7 @@ Usage: .venv/bin/python bench/update.py [--work DIR]   (builds two releases, ~30
 from __future__ import annotations
 
 import argparse
+import logging
 import dataclasses
 import os
 import random
@@ -98,6 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, help="folder for builds (kept, reused)")
     args = parser.parse_args()
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # reboots refuse SSH for a while
     work = args.work or Path(tempfile.mkdtemp(prefix="fleet-bench-update-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("FLEET_LAB_DIR", str(work / "lab"))
