@@ -13,8 +13,8 @@ Usage: .venv/bin/python bench/update.py [--work DIR]   (builds two releases, ~30
 from __future__ import annotations
 
 import argparse
-import logging
 import dataclasses
+import logging
 import os
 import random
 import shutil
