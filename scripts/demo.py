@@ -1,5 +1,7 @@
 """`make demo`: the main job end to end on the virtual lab, with the fleet command as a
-user types it. Each step prints its command; a short summary closes the run.
+user types it: build the example app for ARM, sign it, flash and boot a virtual board,
+update it A/B to a new release, push a broken release and watch the automatic rollback.
+Each step prints its command; a short summary closes the run.
 
 Work goes to out/demo/ (keys, app copy, builds); the demo board stays up afterwards so
 you can look around: `fleet lab ssh demo`, `fleet lab console demo --log`,
@@ -25,20 +27,52 @@ NAME = "demo"
 summary: list[tuple[str, str, str]] = []
 
 
-def step(title: str, *args: str | Path, json_out: bool = False) -> subprocess.CompletedProcess[str]:
+def step(
+    title: str, *args: str | Path, json_out: bool = False, expect: int = 0
+) -> subprocess.CompletedProcess[str]:
     shown = " ".join(str(a) for a in args)
     print(f"\n== {title}\n$ fleet {shown}", flush=True)
     started = time.monotonic()
     proc = subprocess.run(
-        [*FLEET, *map(str, args)], text=True, check=False,
+        [*FLEET, *map(str, args)],
+        text=True,
+        check=False,
         stdout=subprocess.PIPE if json_out else None,
     )
     seconds = time.monotonic() - started
-    if proc.returncode != 0:
-        summary.append((title, "FAILED", f"{seconds:.1f} s"))
+    if proc.returncode != expect:
+        summary.append((title, "FAILED", f"exit {proc.returncode}, {seconds:.1f} s"))
         finish(1)
     summary.append((title, "ok", f"{seconds:.1f} s"))
     return proc
+
+
+def update(title: str, release: Path, expect: int) -> dict[str, object]:
+    """`fleet update` with --json; the outcome (updated, rolled-back...) goes to the summary."""
+    proc = step(
+        title,
+        "update",
+        NAME,
+        release,
+        "--trust",
+        WORK / "keys" / "release.pub",
+        "--json",
+        json_out=True,
+        expect=expect,
+    )
+    result: dict[str, object] = json.loads(proc.stdout)
+    outcome = f"{result['outcome']}" + (f": {result['reason']}" if result["reason"] else "")
+    print(f"{NAME}: {outcome}; runs {result['running_version']} from slot {result['running_slot']}")
+    title_, _, seconds = summary.pop()
+    summary.append(
+        (
+            title_,
+            str(result["outcome"]),
+            f"{seconds}; runs {result['running_version']} from slot "
+            f"{result['running_slot']}" + (f" ({result['reason']})" if result["reason"] else ""),
+        )
+    )
+    return result
 
 
 def http_get(port: int, path: str, timeout: float = 60) -> str:
@@ -53,15 +87,24 @@ def http_get(port: int, path: str, timeout: float = 60) -> str:
             time.sleep(0.5)
 
 
-def app_copy(version: str, release: int) -> Path:
+def app_copy(version: str, release: int, broken: bool = False) -> Path:
     folder = WORK / f"hello-{version}"
     if folder.exists():
         shutil.rmtree(folder)
-    shutil.copytree(REPO / "examples" / "hello-c", folder,
-                    ignore=shutil.ignore_patterns("fleet.lock"))
+    shutil.copytree(
+        REPO / "examples" / "hello-c", folder, ignore=shutil.ignore_patterns("fleet.lock")
+    )
     toml = folder / "fleet.toml"
-    toml.write_text(toml.read_text().replace('version = "1.0.0"', f'version = "{version}"')
-                    .replace("release = 1\n", f"release = {release}\n"))
+    text = (
+        toml.read_text()
+        .replace('version = "1.0.0"', f'version = "{version}"')
+        .replace("release = 1\n", f"release = {release}\n")
+    )
+    if broken:
+        # A release whose app dies at start: its health check can never pass.
+        text = text.replace('command = "/app/bin/hello-c"', 'command = "/bin/false"')
+        text = text.replace("timeout = 60", "timeout = 20")
+    toml.write_text(text)
     return folder
 
 
@@ -82,17 +125,79 @@ def main() -> None:
     if not key.exists():
         step("make a release key", "keys", "generate", "--out", WORK / "keys", "--name", "release")
     v1 = app_copy("1.0.0", 1)
-    step("build hello-c 1.0.0 for ARM", "build", "--board", BOARD, "--project", v1,
-         "--out", WORK / "v1", "--key", key)
-    step("verify the signed release", "verify", WORK / "v1" / "release",
-         "--trust", WORK / "keys" / "release.pub", "--board", BOARD)
-    up = step("flash and boot a virtual board", "lab", "up", "--board", BOARD,
-              "--disk", WORK / "v1" / "disk.img", "--name", NAME, "--json", json_out=True)
+    step(
+        "build hello-c 1.0.0 for ARM",
+        "build",
+        "--board",
+        BOARD,
+        "--project",
+        v1,
+        "--out",
+        WORK / "v1",
+        "--key",
+        key,
+    )
+    step(
+        "verify the signed release",
+        "verify",
+        WORK / "v1" / "release",
+        "--trust",
+        WORK / "keys" / "release.pub",
+        "--board",
+        BOARD,
+    )
+    up = step(
+        "flash and boot a virtual board",
+        "lab",
+        "up",
+        "--board",
+        BOARD,
+        "--disk",
+        WORK / "v1" / "disk.img",
+        "--name",
+        NAME,
+        "--json",
+        json_out=True,
+    )
     board = json.loads(up.stdout)
     version = http_get(board["app_port"], "/version")
     health = http_get(board["app_port"], "/health")
     summary.append(("app answers on the board", "ok", f"/version {version}, /health {health}"))
     print(f"\napp on the board: /version -> {version}, /health -> {health}")
+
+    v2 = app_copy("2.0.0", 2)
+    step(
+        "build hello-c 2.0.0",
+        "build",
+        "--board",
+        BOARD,
+        "--project",
+        v2,
+        "--out",
+        WORK / "v2",
+        "--key",
+        key,
+    )
+    update("update the board to 2.0.0 (A/B)", WORK / "v2" / "release", expect=0)
+    version = http_get(board["app_port"], "/version")
+    summary.append(("app answers after the update", "ok", f"/version {version}"))
+
+    v3 = app_copy("3.0.0", 3, broken=True)
+    step(
+        "build a broken 3.0.0 (its app dies at start)",
+        "build",
+        "--board",
+        BOARD,
+        "--project",
+        v3,
+        "--out",
+        WORK / "v3",
+        "--key",
+        key,
+    )
+    update("push the broken release", WORK / "v3" / "release", expect=10)
+    version = http_get(board["app_port"], "/version")
+    summary.append(("app answers after the rollback", "ok", f"/version {version}"))
     finish(0)
 
 
