@@ -181,7 +181,11 @@ class Session:
         where = _where(host, port)
         transport = _open_transport(host, port, timeout, [k.get_name() for k in known])
         try:
-            key = transport.get_remote_server_key()
+            try:
+                key = transport.get_remote_server_key()
+            except paramiko.SSHException as exc:
+                # A board that reboots mid-handshake leaves a transport with no session.
+                raise RemoteError(f"SSH handshake with {where} failed: {_one_line(exc)}") from exc
             _check_host_key(key, known, where, known_hosts_path, trust_new)
             try:
                 transport.auth_publickey(user, pkey)
