@@ -14,7 +14,17 @@ from typing import Any
 
 from fleet import __version__
 from fleet.boards import BoardProfile
-from fleet.build import bootscript, debian, disk, initramfs, kernel, payloads, report, rootfs
+from fleet.build import (
+    bootscript,
+    debian,
+    device_tools,
+    disk,
+    initramfs,
+    kernel,
+    payloads,
+    report,
+    rootfs,
+)
 from fleet.build.app import DEFAULT_EPOCH, build_app, source_files
 from fleet.build.elf import check_tree
 from fleet.errors import BuildError
@@ -110,6 +120,9 @@ def build(
         _board_trust(key, trust),
         kernel_package=kernel_pkg[0],
     )
+    if profile.boot_method == "rpi-tryboot":
+        helper = device_tools.build_reboot_helper(profile.arch, work, mtime)
+        staged.add_file("usr/sbin/fleet-reboot", helper, "fleet", 0o755)
     check_tree(staged.root, profile.arch, profile.name)
 
     step("payloads")
