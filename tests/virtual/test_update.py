@@ -114,11 +114,25 @@ def releases(tmp_path_factory: pytest.TempPathFactory, hello_virt: Built) -> Rel
     return Releases(hello_virt, v2, v3, v4, v5, v6, v7, hello_virt.pub)
 
 
+RECORD = "/data/app/record"
+RECORD_TEXT = "written by 1.0.0 before any update\n"
+
+
 @pytest.fixture(scope="module")
 def board(releases: Releases) -> Iterator[str]:
     fleet("lab", "up", "--board", "qemu-virt-arm64", "--disk", releases.v1.disk, "--name", BOARD)
+    # The app's data (FLEET_DATA=/data/app) must outlive every update, rollback and cut.
+    with lab.session(lab.get(BOARD)) as session:
+        written = session.exec(f"cat > {RECORD} && sync", input=RECORD_TEXT.encode())
+    assert written.exit_code == 0
     yield BOARD
     fleet("lab", "down", BOARD, check=False)
+
+
+def assert_record_kept() -> None:
+    with lab.session(lab.get(BOARD)) as session:
+        kept = session.exec(f"cat {RECORD}")
+    assert kept.stdout.decode() == RECORD_TEXT
 
 
 # ---- helpers --------------------------------------------------------------------------
@@ -233,6 +247,7 @@ def test_broken_app_rolls_back_and_is_not_retried(board: str, releases: Releases
     lab.power(board, "cycle")
     assert "3.0.0" not in console_since(offset)  # the bootloader does not try v3 again
     assert_runs("2.0.0", "B")
+    assert_record_kept()
 
 
 def test_broken_boot_falls_back_in_the_bootloader(board: str, releases: Releases) -> None:
@@ -315,6 +330,7 @@ def test_power_cuts_during_the_stream(board: str, releases: Releases) -> None:
         lab.power(board, "on")
         now = assert_runs("2.0.0", "B")
         assert now.slot("A") is None, (cut, offset, now.raw)  # never bootable half-written
+    assert_record_kept()
 
 
 def test_power_cuts_between_steps(board: str, releases: Releases, tmp_path: Path) -> None:
@@ -364,3 +380,4 @@ def test_power_cut_during_commit(board: str, releases: Releases) -> None:
         result, err, code = update(releases.v7, "--trust", str(releases.pub))
         assert code == 0, (result, err)
     assert_runs("7.0.0", "B")
+    assert_record_kept()
