@@ -169,6 +169,7 @@ def status(
             else "nothing on trial"
         )
         + f"; floor {state.floor}",
+        f"  host key {raw.get('host_key', 'unknown')}",
     ]
     for name in ("A", "B"):
         info = state.slot(name)

@@ -20,7 +20,7 @@ import io
 import tarfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fleet import ssh
@@ -266,5 +266,9 @@ def _judge(run: _Run, now: BoardStatus) -> r.UpdateResult | None:
 
 
 def board_status(target: Target) -> BoardStatus:
+    """The agent's status, plus the host key the board proved it holds (pinned or not,
+    the connection already checked it against known_hosts)."""
     with target.connect() as session:
-        return read_status(session)
+        state = read_status(session)
+        raw = {**state.raw, "host_key": session.host_key_fingerprint()}
+        return replace(state, raw=raw)

@@ -113,6 +113,12 @@ def test_damaged_data_partition_is_reported_and_recreated_on_request(two_boards:
     assert fingerprint(name) == before  # the identity did not live only on /data
     assert "tmpfs on /data " in sh(name, "mount")
     assert sh(name, "hostname").strip() == "kiosk-b"
+    # `fleet status` tells the user: hostname, host key, data partition state and usage.
+    shown = json.loads(fleet("status", name, "--json").stdout)
+    assert shown["hostname"] == "kiosk-b" and shown["host_key"] == before
+    assert shown["data"]["state"] == "damaged"
+    text = fleet("status", name).stdout
+    assert "kiosk-b" in text and before in text and "data partition: damaged" in text
 
     # Asked for on the board: the flag on partition 1, then a reboot recreates it.
     sh(name, "mount -o remount,rw /boot/firmware && touch /boot/firmware/fleet/data-recreate"
