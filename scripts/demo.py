@@ -47,6 +47,23 @@ def step(
     return proc
 
 
+def build(title: str, app: Path, out: str) -> Path:
+    """`fleet build` of ``app`` for the demo board, signed; returns its release folder."""
+    step(
+        title,
+        "build",
+        "--board",
+        BOARD,
+        "--project",
+        app,
+        "--out",
+        WORK / out,
+        "--key",
+        WORK / "keys" / "release.sec",
+    )
+    return WORK / out / "release"
+
+
 def update(title: str, release: Path, expect: int) -> dict[str, object]:
     """`fleet update` with --json; the outcome (updated, rolled-back...) goes to the summary."""
     proc = step(
@@ -121,26 +138,13 @@ def finish(code: int) -> None:
 def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     subprocess.run([*FLEET, "lab", "down", NAME], capture_output=True, check=False)
-    key = WORK / "keys" / "release.sec"
-    if not key.exists():
+    if not (WORK / "keys" / "release.sec").exists():
         step("make a release key", "keys", "generate", "--out", WORK / "keys", "--name", "release")
-    v1 = app_copy("1.0.0", 1)
-    step(
-        "build hello-c 1.0.0 for ARM",
-        "build",
-        "--board",
-        BOARD,
-        "--project",
-        v1,
-        "--out",
-        WORK / "v1",
-        "--key",
-        key,
-    )
+    release1 = build("build hello-c 1.0.0 for ARM", app_copy("1.0.0", 1), "v1")
     step(
         "verify the signed release",
         "verify",
-        WORK / "v1" / "release",
+        release1,
         "--trust",
         WORK / "keys" / "release.pub",
         "--board",
@@ -165,37 +169,15 @@ def main() -> None:
     summary.append(("app answers on the board", "ok", f"/version {version}, /health {health}"))
     print(f"\napp on the board: /version -> {version}, /health -> {health}")
 
-    v2 = app_copy("2.0.0", 2)
-    step(
-        "build hello-c 2.0.0",
-        "build",
-        "--board",
-        BOARD,
-        "--project",
-        v2,
-        "--out",
-        WORK / "v2",
-        "--key",
-        key,
-    )
-    update("update the board to 2.0.0 (A/B)", WORK / "v2" / "release", expect=0)
+    release2 = build("build hello-c 2.0.0", app_copy("2.0.0", 2), "v2")
+    update("update the board to 2.0.0 (A/B)", release2, expect=0)
     version = http_get(board["app_port"], "/version")
     summary.append(("app answers after the update", "ok", f"/version {version}"))
 
-    v3 = app_copy("3.0.0", 3, broken=True)
-    step(
-        "build a broken 3.0.0 (its app dies at start)",
-        "build",
-        "--board",
-        BOARD,
-        "--project",
-        v3,
-        "--out",
-        WORK / "v3",
-        "--key",
-        key,
+    release3 = build(
+        "build a broken 3.0.0 (its app dies at start)", app_copy("3.0.0", 3, broken=True), "v3"
     )
-    update("push the broken release", WORK / "v3" / "release", expect=10)
+    update("push the broken release", release3, expect=10)
     version = http_get(board["app_port"], "/version")
     summary.append(("app answers after the rollback", "ok", f"/version {version}"))
     finish(0)

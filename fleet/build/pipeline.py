@@ -160,7 +160,7 @@ def build(
         signed = (sign_release(release_tmp, key),)
 
     step("disk")
-    firmware = _firmware_partition(work, profile, roots, mtime)
+    firmware = _firmware_partition(work, profile, roots, ktree, mtime)
     image = work / DISK_IMAGE
     disk.make_disk(image, profile, firmware, boot_img, rootfs_img)
     from fleet.bmap import write_bmap
@@ -275,7 +275,11 @@ def _firmware_files(folder: Path, profile: BoardProfile, roots: dict[str, Path])
 
 
 def _firmware_partition(
-    work: Path, profile: BoardProfile, roots: dict[str, Path], mtime: int
+    work: Path,
+    profile: BoardProfile,
+    roots: dict[str, Path],
+    ktree: kernel.KernelTree,
+    mtime: int,
 ) -> Path:
     folder = work / "firmware"
     folder.mkdir()
@@ -300,14 +304,7 @@ def _firmware_partition(
         if profile.kernel.dtb:
             # QEMU (standing in for the GPU firmware) and the firmware itself read it here.
             dtb_name = Path(profile.kernel.dtb).name
-            kernel_root = next(
-                r
-                for n, r in roots.items()
-                if n.startswith("linux-image-") and any((r / "boot").glob("vmlinuz-*"))
-            )
-            shutil.copyfile(
-                kernel.find_kernel(kernel_root).dtb(profile.kernel.dtb), folder / dtb_name
-            )
+            shutil.copyfile(ktree.dtb(profile.kernel.dtb), folder / dtb_name)
             files[dtb_name] = folder / dtb_name
     if profile.firmware is not None and profile.boot_method == "uboot-ab":
         # The GPU firmware that loads U-Boot reads its files from the first partition.
