@@ -312,16 +312,6 @@ class Options:
     serial: str | None = None
     recreate_data: bool = False
 
-    def given(self) -> bool:
-        return bool(
-            self.hostname
-            or self.key_files
-            or self.network
-            or self.config_files
-            or self.settings_file
-            or self.recreate_data
-        )
-
 
 def from_options(opts: Options) -> Settings:
     """Settings from command-line options, on top of the settings file's entry for this

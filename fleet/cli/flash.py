@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 
-from fleet import provision
 from fleet.cli import provision as provision_opts
 from fleet.cli.output import JSON_HELP, bytes_progress, note, out, print_json
 from fleet.errors import FlashError, UsageError
@@ -166,10 +165,9 @@ def flash(
     """
     if not image.is_file():
         raise UsageError(f"image {image} does not exist")
-    opts = provision_opts.options(
+    settings = provision_opts.requested(
         hostname, authorized_key, network, config_file, settings_file, serial or usb_serial
     )
-    settings = provision.from_options(opts) if opts.given() else None
     the_bmap, bmap_path = find_bmap(image, bmap, not no_bmap)
     with open_image(image) as source:
         size = image_size(source, the_bmap)
@@ -190,6 +188,8 @@ def flash(
                 source, the_bmap, bmap_path, target, verify=not no_verify, phase=phase
             )
     if settings is not None:
+        from fleet import provision
+
         provision.write(Path(target.node), settings)
     if json_out:
         data = result.as_dict()
@@ -198,6 +198,8 @@ def flash(
         print_json(data)
         return
     if settings is not None:
+        from fleet import provision
+
         out.print(f"provisioned {target.node}: {provision.describe(settings)}")
     how = "verified by read-back" if result.verified else "NOT verified (--no-verify)"
     via = f" using {Path(result.bmap).name}" if result.bmap else ""

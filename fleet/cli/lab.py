@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from fleet import lab, provision
+from fleet import lab
 from fleet.cli import provision as provision_opts
 from fleet.cli.output import JSON_HELP, err, note, out, print_json
 from fleet.errors import LabError
@@ -57,7 +57,7 @@ def _live_status() -> Iterator[Callable[[str], None] | None]:
     if not err.is_terminal:
         yield None
         return
-    with err.status("booting") as live:
+    with err.rich.status("booting") as live:
         yield lambda text: live.update(escape(text))
 
 
@@ -111,9 +111,10 @@ def up(
     port answers with an SSH banner. The board's SSH host key is then pinned in the lab's
     known_hosts. On timeout the board keeps running for inspection.
     """
-    opts = provision_opts.options(hostname, authorized_key, network, config_file, settings_file)
     # Checked before the disk is copied, so a bad value leaves no board behind.
-    settings = provision.from_options(opts) if opts.given() else None
+    settings = provision_opts.requested(
+        hostname, authorized_key, network, config_file, settings_file
+    )
     with _live_status() as status:
         result = lab.up(
             board,

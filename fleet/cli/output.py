@@ -1,28 +1,49 @@
 """Shared output helpers: results on stdout (plain or ``--json``), progress and notes on
-stderr so that a script reading stdout sees only the result."""
+stderr so that a script reading stdout sees only the result.
+
+rich is imported on first use, not at start-up: it is about fifty modules, which a cold
+``fleet flash --json`` run (page cache empty, as on a freshly booted laptop) would pay
+for on every call without ever drawing anything."""
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
 
 JSON_HELP = "Print the result as JSON on stdout (for scripts)."
+
+
+class LazyConsole:
+    """A rich Console made when something is first printed."""
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    @property
+    def rich(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr, highlight=False, soft_wrap=True)
+        return self._console
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.rich.is_terminal
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        self.rich.print(*objects, **kwargs)
+
+
+out = LazyConsole(stderr=False)
+err = LazyConsole(stderr=True)
 
 
 def print_json(data: Any) -> None:
@@ -36,25 +57,78 @@ def note(message: str) -> None:
 
 def steps_progress() -> Progress:
     """A progress display for a sequence of named steps (build stages, boot waits)."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         TaskProgressColumn(),
         TimeElapsedColumn(),
-        console=err,
+        console=err.rich,
         transient=False,
         disable=not err.is_terminal,
     )
 
 
-def bytes_progress() -> Progress:
+class BytesProgress:
+    """Progress for byte streams (bytes, rate, time left) on a terminal; when stderr is
+    not a terminal it draws nothing and rich is never imported."""
+
+    def __init__(self) -> None:
+        self._progress: Progress | None = None
+        if sys.stderr.isatty():
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                DownloadColumn(binary_units=True),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=err.rich,
+            )
+
+    def __enter__(self) -> BytesProgress:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def add_task(self, description: str, total: int | None) -> int:
+        if self._progress is None:
+            return 0
+        return int(self._progress.add_task(description, total=total))
+
+    def advance(self, task: int, amount: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(_task_id(task), amount)
+
+    def update(self, task: int, completed: int) -> None:
+        if self._progress is not None:
+            self._progress.update(_task_id(task), completed=completed)
+
+
+def _task_id(task: int) -> TaskID:
+    from rich.progress import TaskID
+
+    return TaskID(task)
+
+
+def bytes_progress() -> BytesProgress:
     """A progress display for byte streams: bytes, rate and time left."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        disable=not err.is_terminal,
-    )
+    return BytesProgress()

@@ -5,12 +5,14 @@ and ``fleet lab up``, declared once here."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fleet import provision
 from fleet.cli.output import JSON_HELP, out, print_json
+
+if TYPE_CHECKING:
+    from fleet import provision
 
 HostnameOpt = Annotated[
     str | None,
@@ -57,7 +59,7 @@ RecreateOpt = Annotated[
 ]
 
 
-def options(
+def requested(
     hostname: str | None = None,
     keys: list[Path] | None = None,
     network: str | None = None,
@@ -65,15 +67,25 @@ def options(
     settings: Path | None = None,
     serial: str | None = None,
     recreate_data: bool = False,
-) -> provision.Options:
-    return provision.Options(
-        hostname=hostname,
-        key_files=tuple(keys or ()),
-        network=network,
-        config_files=tuple(config_files or ()),
-        settings_file=settings,
-        serial=serial,
-        recreate_data=recreate_data,
+) -> provision.Settings | None:
+    """The settings these options ask for, every value checked; None when none is given.
+
+    fleet.provision (TOML, address and key parsing) is imported only when settings are
+    given, so that a plain ``fleet flash`` starts without it."""
+    if not (hostname or keys or network or config_files or settings or recreate_data):
+        return None
+    from fleet import provision
+
+    return provision.from_options(
+        provision.Options(
+            hostname=hostname,
+            key_files=tuple(keys or ()),
+            network=network,
+            config_files=tuple(config_files or ()),
+            settings_file=settings,
+            serial=serial,
+            recreate_data=recreate_data,
+        )
     )
 
 
@@ -100,10 +112,13 @@ def provision_cmd(
     fleet provision out/disk.img --hostname kiosk-01 --authorized-key ~/.ssh/id_ed25519.pub;
     fleet provision /dev/sdb --settings boards.toml --hostname kiosk-02
     """
-    opts = options(hostname, authorized_key, network, config_file, settings, serial, recreate_data)
-    if not opts.given():
+    result = requested(
+        hostname, authorized_key, network, config_file, settings, serial, recreate_data
+    )
+    if result is None:
         raise typer.BadParameter("give at least one setting (see --help)")
-    result = provision.from_options(opts)
+    from fleet import provision
+
     provision.write(target, result)
     if json_out:
         print_json({"target": str(target), **result.as_dict()})

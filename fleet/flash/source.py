@@ -7,14 +7,10 @@ random access, which lets a bmap-guided writer skip holes without reading them.
 
 from __future__ import annotations
 
-import gzip
-import lzma
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
-
-import zstandard
 
 from fleet.errors import UsageError
 
@@ -72,13 +68,21 @@ def open_image(path: Path) -> ImageSource:
     if compression is None:
         raw_size = os.fstat(raw.fileno()).st_size
         return ImageSource(path, None, raw_size, raw, raw.fileno(), [raw])
+    # Each decompressor is imported only for its own kind of image: a raw image (the
+    # common case at a desk) then starts without loading three compression libraries.
     stream: ByteStream
     size: int | None = None
     if compression == "gzip":
+        import gzip
+
         stream = gzip.GzipFile(fileobj=raw, mode="rb")
     elif compression == "xz":
+        import lzma
+
         stream = lzma.LZMAFile(raw, mode="rb")  # noqa: SIM115 - closed by ImageSource.close
     else:
+        import zstandard
+
         size = _zstd_content_size(raw)
         reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=4 * 1024 * 1024)
         stream = reader
@@ -86,6 +90,8 @@ def open_image(path: Path) -> ImageSource:
 
 
 def _zstd_content_size(raw: BinaryIO) -> int | None:
+    import zstandard
+
     head = raw.read(18)
     raw.seek(0)
     try:

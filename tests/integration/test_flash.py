@@ -7,6 +7,7 @@ import gzip
 import json
 import lzma
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -207,6 +208,44 @@ def test_refuses_to_ask_without_a_terminal(image: Path, loop: tuple[str, Path]) 
     assert result.returncode == 6
     assert "pass --yes" in result.stderr
     assert read(node, 0, 4096) == b"\xa5" * 4096
+
+
+def _run_on_terminal(args: list[str]) -> tuple[int, str]:
+    """Run fleet with a pseudo-terminal as its stderr, as a person at a desk sees it."""
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [FLEET, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower
+    )
+    os.close(follower)
+    seen = bytearray()
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    proc.communicate(timeout=120)
+    return proc.returncode, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))
+
+
+def test_progress_shows_bytes_rate_and_time_left_on_a_terminal(
+    image: Path, loop: tuple[str, Path]
+) -> None:
+    node, _ = loop
+    code, screen = _run_on_terminal(["flash", str(image), "-d", node, "--yes"])
+    assert code == 0, screen
+    assert "writing" in screen and "verifying" in screen, screen
+    assert re.search(r"[0-9.]+/[0-9.]+ [KM]iB", screen), screen  # bytes done / total
+    assert re.search(r"[0-9.]+ [kMG]B/s", screen), screen  # rate
+    assert re.search(r"\d:\d\d:\d\d", screen), screen  # time left
+    # without a terminal (a script), nothing but the result: no progress bar noise
+    quiet = fleet("flash", str(image), "-d", node, "--yes")
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
 
 
 def test_partition_is_refused(image: Path) -> None:
