@@ -52,9 +52,13 @@ def _isolated_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def copy_example(name: str, dest: Path, version: str | None = None,
-                 release: int | None = None) -> Path:
-    """A private copy of an example app (without its fleet.lock: tests resolve afresh)."""
+                 release: int | None = None, lock_from: Path | None = None) -> Path:
+    """A private copy of an example app. Its fleet.lock is left out (the build resolves
+    afresh) unless ``lock_from`` names a built project whose pins to reuse, so that
+    nothing is resolved again."""
     shutil.copytree(EXAMPLES / name, dest, ignore=shutil.ignore_patterns("fleet.lock"))
+    if lock_from is not None:
+        shutil.copy(lock_from / "fleet.lock", dest / "fleet.lock")
     toml = dest / "fleet.toml"
     text = toml.read_text()
     if version is not None:

@@ -112,20 +112,20 @@ def test_bmaptool_flashes_the_disk_image(hello_virt: Built, tmp_path: Path) -> N
     assert sha256(target) == sha256(hello_virt.disk)
 
 
-def _recipe_project(tmp_path: Path, recipe: str, extra: dict[str, str]) -> Path:
-    app = copy_example("hello-c", tmp_path / "app")
+def _recipe_project(hello_virt: Built, tmp_path: Path, recipe: str,
+                    extra: dict[str, str]) -> Path:
+    # The session build's pins: this project resolves nothing.
+    app = copy_example("hello-c", tmp_path / "app", lock_from=hello_virt.app)
     text = (app / "fleet.toml").read_text()
     text = text.replace('language = "c"', f'language = "command"\ncommand = "{recipe}"')
     (app / "fleet.toml").write_text(text)
     for name, body in extra.items():
         (app / name).write_text(body)
-    # Reuse the session build's pins so this test resolves nothing.
     return app
 
 
 def test_host_linked_binary_is_refused(hello_virt: Built, tmp_path: Path) -> None:
-    app = _recipe_project(tmp_path, "cc -o $OUT src/hello.c", {})
-    (app / "fleet.lock").write_text((hello_virt.app / "fleet.lock").read_text())
+    app = _recipe_project(hello_virt, tmp_path, "cc -o $OUT src/hello.c", {})
     result = fleet("build", "--board", "qemu-virt-arm64", "--project", app,
                    "--out", tmp_path / "out", check=False)
     assert result.returncode == 4
@@ -141,8 +141,9 @@ def test_binary_needing_a_library_missing_from_the_image_is_refused(
         "$CC -shared -fPIC -o libfleetdemo.so demo.c && "
         "$CC -o $OUT src/hello.c -L. -Wl,--no-as-needed -lfleetdemo"
     )
-    app = _recipe_project(tmp_path, recipe, {"demo.c": "int fleet_demo(void) { return 1; }\n"})
-    (app / "fleet.lock").write_text((hello_virt.app / "fleet.lock").read_text())
+    app = _recipe_project(
+        hello_virt, tmp_path, recipe, {"demo.c": "int fleet_demo(void) { return 1; }\n"}
+    )
     # OUT already holds a good build: a failed build must leave it as it was.
     out = tmp_path / "out"
     shutil.copytree(hello_virt.out, out)

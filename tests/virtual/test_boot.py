@@ -44,8 +44,7 @@ def build_copy(
     """Build a private copy of an example for ``board`` with the session's pins and key;
     returns the disk image."""
     base = tmp_path_factory.mktemp(f"{example}-{board}")
-    app = copy_example(example, base / "app")
-    (app / "fleet.lock").write_text((hello_virt.app / "fleet.lock").read_text())
+    app = copy_example(example, base / "app", lock_from=hello_virt.app)
     fleet("build", "--board", board, "--project", app, "--out", base / "out",
           "--key", hello_virt.key)
     return base / "out" / "disk.img"

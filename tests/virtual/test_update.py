@@ -13,7 +13,6 @@ import dataclasses
 import json
 import os
 import random
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -59,9 +58,9 @@ def _build(
     command: str | None = None,
     timeout: int | None = None,
 ) -> Path:
-    app = copy_example("hello-c", base / f"app{number}", version=version, release=number)
-    if (lock := v1_app / "fleet.lock").exists():
-        shutil.copy(lock, app / "fleet.lock")  # the same packages as v1: no resolving again
+    app = copy_example(
+        "hello-c", base / f"app{number}", version=version, release=number, lock_from=v1_app
+    )
     toml = app / "fleet.toml"
     text = toml.read_text()
     if command is not None:
