@@ -101,13 +101,16 @@ class DeviceWriter:
         self.device_size = device_size
         self.device_name = device_name
         self.bytes_written = 0
+        # Set before the first write is issued, not after it returns: a Ctrl-C landing
+        # between a write and its count must not report an unchanged device.
+        self.touched = False
         self._block = logical_block_size(fd)
         self.direct = _set_direct(fd, True)
         self._cached = False  # some bytes of the current range went through the page cache
 
     def state(self) -> str:
         """One phrase for the device's state, for messages after an error."""
-        if self.bytes_written == 0:
+        if not self.touched:
             return f"{self.device_name} was not changed"
         return (
             f"{self.device_name} holds a partial image ({self.bytes_written} bytes written) "
@@ -197,6 +200,7 @@ class DeviceWriter:
 
     def _write_all(self, data: memoryview, offset: int) -> None:
         done = 0
+        self.touched = True
         while done < len(data):
             n = os.pwrite(self.fd, data[done:], offset + done)
             if n <= 0:

@@ -210,9 +210,11 @@ def test_refuses_to_ask_without_a_terminal(image: Path, loop: tuple[str, Path]) 
     assert read(node, 0, 4096) == b"\xa5" * 4096
 
 
-def _run_on_terminal(args: list[str]) -> tuple[int, str]:
-    """Run fleet with a pseudo-terminal as its stderr, as a person at a desk sees it."""
+def _run_on_terminal(args: list[str], interrupt_on: str | None = None) -> tuple[int, str]:
+    """Run fleet with a pseudo-terminal as its stderr, as a person at a desk sees it;
+    with ``interrupt_on`` (a pattern), press Ctrl-C (SIGINT) once it has been shown."""
     import pty
+    import signal
 
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
@@ -228,6 +230,9 @@ def _run_on_terminal(args: list[str]) -> tuple[int, str]:
         if not chunk:
             break
         seen += chunk
+        if interrupt_on is not None and re.search(interrupt_on.encode(), seen):
+            proc.send_signal(signal.SIGINT)
+            interrupt_on = None
     os.close(leader)
     proc.communicate(timeout=120)
     return proc.returncode, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))
@@ -246,6 +251,26 @@ def test_progress_shows_bytes_rate_and_time_left_on_a_terminal(
     # without a terminal (a script), nothing but the result: no progress bar noise
     quiet = fleet("flash", str(image), "-d", node, "--yes")
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+
+
+def test_ctrl_c_says_what_state_the_device_is_in(tmp_path: Path, loop_factory: object) -> None:
+    node, _ = loop_factory(1024 * MiB, fill=None)  # type: ignore[operator]
+    big = tmp_path / "big.img"
+    with open(big, "wb") as handle:
+        handle.truncate(1024 * MiB)
+    code, screen = _run_on_terminal(
+        ["flash", str(big), "-d", node, "--yes", "--no-bmap"],
+        interrupt_on=r"writing.*[1-9][0-9.]*/1\.0 GiB",  # once some bytes are on the device
+    )
+    assert code == 6, screen
+    assert re.search(
+        rf"fleet: error: interrupted; {node} holds a partial image \(\d+ bytes written\) "
+        "and will not boot: flash it again",
+        screen.replace("\r", "").replace("\n", " "),
+    ), screen
+    # nothing is left holding the device: it can be flashed again at once
+    again = fleet("flash", str(big), "-d", node, "--yes", "--json", "--no-verify")
+    assert again.returncode == 0, again.stderr
 
 
 def test_partition_is_refused(image: Path) -> None:
