@@ -102,7 +102,7 @@ def update(
     refused (with the board's reason) or unreachable. Exit codes: 0 updated,
     10 rolled-back, 11 refused, 12 unreachable.
 
-    Example: fleet update pi@10.0.0.7 out/release --trust keys/release.pub
+    Example: fleet update pi@192.0.2.7 out/release --trust keys/release.pub
     """
     if trust is None and not skip_host_checks:
         raise UsageError(
@@ -150,7 +150,7 @@ def status(
 ) -> None:
     """Show a board's slots, boot state, app version and health.
 
-    Example: fleet status pi@10.0.0.7
+    Example: fleet status pi@192.0.2.7
     """
     board = _target(target, identity, known_hosts, trust_new_host, connect_timeout)
     state = machine.board_status(board)
