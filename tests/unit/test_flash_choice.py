@@ -14,6 +14,8 @@ from fleet.cli.main import register
 from fleet.errors import FleetError
 from fleet.flash.discovery import BlockDevice
 
+pytestmark = pytest.mark.unit
+
 GiB = 1024**3
 
 
