@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -124,9 +124,7 @@ class BytesProgress:
 
 
 def _task_id(task: int) -> TaskID:
-    from rich.progress import TaskID
-
-    return TaskID(task)
+    return cast("TaskID", task)  # rich's TaskID is a NewType of int
 
 
 def bytes_progress() -> BytesProgress:
