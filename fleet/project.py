@@ -30,6 +30,9 @@ class Health:
     http: str | None  # an HTTP path on the app's port, e.g. /health
     command: str | None  # or a command run on the board; exit 0 = healthy
     timeout_s: int  # how long a trial boot may take to become healthy
+    # A trial fails at once when the app has exited this many times before its first
+    # passing check, instead of waiting out the timeout (0: only the timeout decides).
+    max_exits: int
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ def load_project(folder: Path) -> Project:
             http=health.opt_str("http"),
             command=health.opt_str("command"),
             timeout_s=health.int("timeout", default=60, minimum=1),
+            max_exits=health.int("max_exits", default=3, minimum=0),
         ),
         packages=tuple(top.str_list("packages", default=[])),
     )

@@ -420,6 +420,7 @@ def _add_system_files(
                 "FLEET_HEALTH_HTTP": health.http or "",
                 "FLEET_HEALTH_COMMAND": health.command or "",
                 "FLEET_HEALTH_TIMEOUT": str(health.timeout_s),
+                "FLEET_HEALTH_MAX_EXITS": str(health.max_exits),
             }
         ),
         "fleet",

@@ -24,6 +24,7 @@ def test_examples_load() -> None:
     c = load_project(EXAMPLES / "hello-c")
     assert (c.name, c.version, c.release_number, c.port) == ("hello-c", "1.0.0", 1, 8080)
     assert c.health.http == "/health"
+    assert (c.health.timeout_s, c.health.max_exits) == (60, 3)
     go = load_project(EXAMPLES / "hello-go")
     assert go.build.language == "go"
 
@@ -38,6 +39,8 @@ def test_examples_load() -> None:
         ('http = "/health"', 'http = "health"', "must be a path starting with '/'"),
         ('http = "/health"', 'http = "/h"\ncommand = "true"', "give exactly one of"),
         ('output = "hello-c"', 'output = "../x"', "field 'build.output'"),
+        ("max_exits = 3", "max_exits = -1", "field 'health.max_exits': must be at least 0"),
+        ("max_exits = 3", 'max_exits = "3"', "field 'health.max_exits'"),
     ],
 )
 def test_bad_fields_are_named(tmp_path: Path, old: str, new: str, message: str) -> None:

@@ -46,6 +46,7 @@ class Releases:
     v5: Path
     v6: Path
     v7: Path
+    v8: Path
     pub: Path
 
 
@@ -109,8 +110,10 @@ def releases(tmp_path_factory: pytest.TempPathFactory, hello_virt: Built) -> Rel
     v5 = _build(hello_virt.app, base, key, 5, "5.0.0-hang", command="/bin/kill -STOP -1")
     v6 = _build(hello_virt.app, base, key, 6, "6.0.0")
     v7 = _build(hello_virt.app, base, key, 7, "7.0.0")
+    # dies at once; a deadline so long that only its exits can end the trial in time
+    v8 = _build(hello_virt.app, base, key, 8, "8.0.0-crashing", command="/bin/false", timeout=900)
     v4 = _broken_boot(v2, base / "release4", key, 4)
-    return Releases(hello_virt, v2, v3, v4, v5, v6, v7, hello_virt.pub)
+    return Releases(hello_virt, v2, v3, v4, v5, v6, v7, v8, hello_virt.pub)
 
 
 RECORD = "/data/app/record"
@@ -245,6 +248,22 @@ def test_broken_app_rolls_back_and_is_not_retried(board: str, releases: Releases
     offset = console_size()
     lab.power(board, "cycle")
     assert "3.0.0" not in console_since(offset)  # the bootloader does not try v3 again
+    assert_runs("2.0.0", "B")
+    assert_record_kept()
+
+
+def test_app_that_keeps_exiting_fails_its_trial_without_waiting_out_the_deadline(
+    board: str, releases: Releases
+) -> None:
+    offset = console_size()
+    # The release's own deadline is 900 s; the host gives up long before that, so an
+    # outcome other than its timeout shows the board decided on the app's exits.
+    result, err, code = update(releases.v8, "--trust", str(releases.pub), "--health-timeout", "150")
+    assert code == 10, err
+    assert (result["outcome"], result["reason"]) == ("rolled-back", "health failed")
+    console = console_since(offset)
+    assert "the app exited 3 times before its first pass" in console
+    assert "rolling back slot A" in console
     assert_runs("2.0.0", "B")
     assert_record_kept()
 
