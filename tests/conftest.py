@@ -16,6 +16,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
+# For tests that boot QEMU with Debian's U-Boot: skipped where those are not installed.
+NEEDS_QEMU = pytest.mark.skipif(
+    shutil.which("qemu-system-aarch64") is None
+    or not Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin").exists(),
+    reason="qemu-system-arm / u-boot-qemu not installed",
+)
+
 
 def fleet(*args: str | Path, check: bool = True, timeout: float = 900,
           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -52,19 +59,23 @@ def _isolated_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def copy_example(name: str, dest: Path, version: str | None = None,
-                 release: int | None = None, lock_from: Path | None = None) -> Path:
+                 release: int | None = None, lock_from: Path | None = None,
+                 edits: dict[str, str] | None = None) -> Path:
     """A private copy of an example app. Its fleet.lock is left out (the build resolves
     afresh) unless ``lock_from`` names a built project whose pins to reuse, so that
-    nothing is resolved again."""
+    nothing is resolved again. ``edits`` replaces other text of its fleet.toml."""
     shutil.copytree(EXAMPLES / name, dest, ignore=shutil.ignore_patterns("fleet.lock"))
     if lock_from is not None:
         shutil.copy(lock_from / "fleet.lock", dest / "fleet.lock")
+    changes = dict(edits or {})
+    if version is not None:
+        changes['version = "1.0.0"'] = f'version = "{version}"'
+    if release is not None:
+        changes["release = 1\n"] = f"release = {release}\n"
     toml = dest / "fleet.toml"
     text = toml.read_text()
-    if version is not None:
-        text = text.replace('version = "1.0.0"', f'version = "{version}"')
-    if release is not None:
-        text = text.replace("release = 1\n", f"release = {release}\n")
+    for old, new in changes.items():
+        text = text.replace(old, new)
     toml.write_text(text)
     return dest
 

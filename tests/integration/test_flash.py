@@ -7,7 +7,9 @@ import gzip
 import json
 import lzma
 import os
+import pty
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -213,9 +215,6 @@ def test_refuses_to_ask_without_a_terminal(image: Path, loop: tuple[str, Path]) 
 def _run_on_terminal(args: list[str], interrupt_on: str | None = None) -> tuple[int, str]:
     """Run fleet with a pseudo-terminal as its stderr, as a person at a desk sees it;
     with ``interrupt_on`` (a pattern), press Ctrl-C (SIGINT) once it has been shown."""
-    import pty
-    import signal
-
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
         [FLEET, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -18,14 +17,11 @@ import pytest
 
 from fleet import lab
 from fleet.errors import UsageError
+from tests.conftest import NEEDS_QEMU
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(
-        shutil.which("qemu-system-aarch64") is None
-        or not Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin").exists(),
-        reason="qemu-system-arm / u-boot-qemu not installed",
-    ),
+    NEEDS_QEMU,
 ]
 
 FLEET = str(Path(sys.executable).parent / "fleet")

@@ -5,7 +5,6 @@ a power cut, and a damaged data partition that is reported, not fatal."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,15 +12,11 @@ from pathlib import Path
 import pytest
 
 from fleet import lab
-from tests.conftest import Built, fleet
+from tests.conftest import NEEDS_QEMU, Built, copy_example, fleet
 
 pytestmark = [
     pytest.mark.virtual,
-    pytest.mark.skipif(
-        shutil.which("qemu-system-aarch64") is None
-        or not Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin").exists(),
-        reason="qemu-system-arm / u-boot-qemu not installed",
-    ),
+    NEEDS_QEMU,
 ]
 
 SLOT_A = {"boot": "/dev/vda2", "rootfs": "/dev/vda5"}
@@ -135,10 +130,10 @@ def test_damaged_data_partition_is_reported_and_recreated_on_request(two_boards:
 def test_data_and_identity_survive_an_update(
     two_boards: Built, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    from tests.conftest import copy_example
-
     base = tmp_path_factory.mktemp("hello-v2")
-    app = copy_example("hello-c", base / "app", version="2.0.0", release=2)
+    app = copy_example(
+        "hello-c", base / "app", version="2.0.0", release=2, lock_from=two_boards.app
+    )
     fleet("build", "--board", "qemu-virt-arm64", "--project", app, "--out", base / "out",
           "--key", two_boards.key)
     name = "id-a"

@@ -59,16 +59,15 @@ def _build(
     command: str | None = None,
     timeout: int | None = None,
 ) -> Path:
-    app = copy_example(
-        "hello-c", base / f"app{number}", version=version, release=number, lock_from=v1_app
-    )
-    toml = app / "fleet.toml"
-    text = toml.read_text()
+    edits: dict[str, str] = {}
     if command is not None:
-        text = text.replace('command = "/app/bin/hello-c"', f'command = "{command}"')
+        edits['command = "/app/bin/hello-c"'] = f'command = "{command}"'
     if timeout is not None:
-        text = text.replace("timeout = 60", f"timeout = {timeout}")
-    toml.write_text(text)
+        edits["timeout = 60"] = f"timeout = {timeout}"
+    app = copy_example(
+        "hello-c", base / f"app{number}", version=version, release=number, lock_from=v1_app,
+        edits=edits,
+    )
     out = base / f"out{number}"
     fleet("build", "--board", "qemu-virt-arm64", "--project", app, "--out", out, "--key", key)
     return out / "release"
