@@ -187,20 +187,20 @@ def flash(
             result = run_flash(
                 source, the_bmap, bmap_path, target, verify=not no_verify, phase=phase
             )
+    provisioned = None
     if settings is not None:
         from fleet import provision
 
         provision.write(Path(target.node), settings)
+        provisioned = provision.describe(settings)
     if json_out:
         data = result.as_dict()
         if settings is not None:
             data["provisioned"] = settings.as_dict()
         print_json(data)
         return
-    if settings is not None:
-        from fleet import provision
-
-        out.print(f"provisioned {target.node}: {provision.describe(settings)}")
+    if provisioned is not None:
+        out.print(f"provisioned {target.node}: {provisioned}")
     how = "verified by read-back" if result.verified else "NOT verified (--no-verify)"
     via = f" using {Path(result.bmap).name}" if result.bmap else ""
     out.print(
