@@ -8,9 +8,9 @@ from pathlib import Path
 import typer
 
 from fleet.boards import get_profile
-from fleet.build.pipeline import STEPS
-from fleet.build.pipeline import build as run_build
 from fleet.cli.output import JSON_HELP, note, out, print_json, steps_progress
+from fleet.image.pipeline import STEPS
+from fleet.image.pipeline import build as run_build
 from fleet.project import load_project
 
 
@@ -45,7 +45,7 @@ def build(
     """
     project = load_project(project_dir)
     if host:
-        from fleet.build.app import build_app
+        from fleet.image.app import build_app
 
         program = build_app(project, "host", out_dir.resolve() / ".host", host=True)
         if json_out:

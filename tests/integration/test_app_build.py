@@ -11,9 +11,9 @@ import pytest
 from app_server import serving
 
 from fleet import REPO_ROOT
-from fleet.build import elf
-from fleet.build.app import build_app
 from fleet.errors import BuildError, ConfigError
+from fleet.image import elf
+from fleet.image.app import build_app
 from fleet.project import Project, load_project
 
 pytestmark = pytest.mark.integration

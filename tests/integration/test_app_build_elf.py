@@ -10,9 +10,9 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from fleet import REPO_ROOT
-from fleet.build import elf
-from fleet.build.app import build_app
 from fleet.errors import BuildError
+from fleet.image import elf
+from fleet.image.app import build_app
 from fleet.project import load_project
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ import pytest
 from app_server import serving
 from typer.testing import CliRunner
 
-from fleet.build.app import build_app
 from fleet.cli.main import register
+from fleet.image.app import build_app
 from fleet.project import load_project
 
 pytestmark = pytest.mark.integration

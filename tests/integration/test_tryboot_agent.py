@@ -95,7 +95,7 @@ class Board:
         self.set_app("1.0.0", 1)
         (root / "cmdline").write_text("console=serial0\n")
         # fleet build's autoboot.txt, as the firmware partition holds it.
-        from fleet.build.bootscript import tryboot_autoboot_txt
+        from fleet.image.bootscript import tryboot_autoboot_txt
 
         (self.fw / "autoboot.txt").write_text(tryboot_autoboot_txt())
         self.key = key

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.build.disk import read_partitions
-from fleet.build.elf import read
+from fleet.image.disk import read_partitions
+from fleet.image.elf import read
 from tests.conftest import Built, copy_example, fleet
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,8 @@ from elf_maker import EM_AARCH64, EM_ARM, EM_X86_64, ET_EXEC, ET_REL, make_elf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet.build import elf
 from fleet.errors import BuildError
+from fleet.image import elf
 
 pytestmark = pytest.mark.unit
 

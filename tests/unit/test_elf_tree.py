@@ -8,8 +8,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 from elf_maker import EM_ARM, EM_X86_64, ET_EXEC, ET_REL, make_elf
 
-from fleet.build import elf
 from fleet.errors import BuildError
+from fleet.image import elf
 
 pytestmark = pytest.mark.unit
 

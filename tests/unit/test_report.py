@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.build import report as rpt
-from fleet.build.report import FileEntry, ImageReport, PackageEntry, Payload
+from fleet.image import report as rpt
+from fleet.image.report import FileEntry, ImageReport, PackageEntry, Payload
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.build.bootscript import tryboot_autoboot_txt
+from fleet.image.bootscript import tryboot_autoboot_txt
 from tests.tryboot_model import PiFirmware
 
 pytestmark = pytest.mark.unit

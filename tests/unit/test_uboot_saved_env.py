@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from fleet.boards import get_profile, load_profile
-from fleet.build.bootscript import uboot_saved_env
 from fleet.errors import ConfigError
+from fleet.image.bootscript import uboot_saved_env
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.unit

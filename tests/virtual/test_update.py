@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from fleet import bootstate, lab
-from fleet.build.disk import read_partitions
+from fleet.image.disk import read_partitions
 from fleet.release import Payload, load_manifest, sha256_file, write_manifest
 from fleet.trust import load_trust, sign_release
 from fleet.update import machine

@@ -16,8 +16,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleet.build import elf
 from fleet.errors import BuildError
+from fleet.image import elf
 from fleet.project import Project
 from fleet.run import run, which
 

@@ -7,7 +7,7 @@ machine, its program interpreter and every library it needs, resolved the way gl
 loader on a Debian multiarch system resolves them (RPATH, RUNPATH with $ORIGIN, then
 the multiarch and plain lib folders), with symlinks followed inside the image only.
 
-The reader itself lives in ``fleet.build.elffile``; its public names are re-exported.
+The reader itself lives in ``fleet.image.elffile``; its public names are re-exported.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from fleet.build.chroot_path import Resolved, resolve_file
-from fleet.build.elffile import (
+from fleet.errors import BuildError
+from fleet.image.chroot_path import Resolved, resolve_file
+from fleet.image.elffile import (
     EF_ARM_ABI_FLOAT_SOFT,
     EM_AARCH64,
     EM_ARM,
@@ -33,7 +34,6 @@ from fleet.build.elffile import (
     read,
     section_bytes,
 )
-from fleet.errors import BuildError
 
 __all__ = [
     "ElfFile",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fleet.build.app import target_for
+from fleet.image.app import target_for
 from fleet.run import run
 
 DEVICE_DIR = Path(__file__).resolve().parent.parent / "device"

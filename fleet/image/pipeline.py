@@ -14,7 +14,8 @@ from typing import Any
 
 from fleet import __version__
 from fleet.boards import BoardProfile
-from fleet.build import (
+from fleet.errors import BuildError
+from fleet.image import (
     bootscript,
     debian,
     device_tools,
@@ -25,9 +26,8 @@ from fleet.build import (
     report,
     rootfs,
 )
-from fleet.build.app import DEFAULT_EPOCH, build_app, source_files
-from fleet.build.elf import check_tree
-from fleet.errors import BuildError
+from fleet.image.app import DEFAULT_EPOCH, build_app, source_files
+from fleet.image.elf import check_tree
 from fleet.project import Project
 from fleet.release import Health, Manifest, Payload, sha256_file, write_manifest
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
-from fleet.build import cpio
-from fleet.build.kernel import KernelTree
+from fleet.image import cpio
+from fleet.image.kernel import KernelTree
 
 INIT = Path(__file__).resolve().parent.parent / "device" / "initramfs-init"
 

@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 from fleet import __version__
 from fleet.atomic import write_text
-from fleet.build.chroot_path import resolve_file
+from fleet.image.chroot_path import resolve_file
 
 SBOM_NAME = "sbom.spdx.json"
 SUMMARY_NAME = "report.txt"

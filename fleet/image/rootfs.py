@@ -13,9 +13,9 @@ from pathlib import Path
 
 from fleet import REPO_ROOT
 from fleet.boards import BoardProfile
-from fleet.build.elf import needed_closure
-from fleet.build.kernel import KernelTree
 from fleet.errors import BuildError
+from fleet.image.elf import needed_closure
+from fleet.image.kernel import KernelTree
 from fleet.project import Project
 
 DEVICE_DIR = REPO_ROOT / "fleet" / "device"
