@@ -26,7 +26,7 @@ from pathlib import Path
 from fleet import ssh
 from fleet.errors import FleetError, ReleaseError, RemoteError
 from fleet.release import MANIFEST, SIGNATURES, Manifest, load_manifest
-from fleet.trust import read_manifest_bytes, verify_release
+from fleet.trust import read_manifest_bytes, signature_files, verify_release
 from fleet.update import result as r
 from fleet.update.status import AGENT, BoardStatus, read_status
 from fleet.update.target import Target
@@ -94,8 +94,10 @@ def manifest_upload(folder: Path) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         members = [(MANIFEST, read_manifest_bytes(folder))]
-        for sig in sorted((folder / SIGNATURES).glob("*.sig")):
-            members.append((f"{SIGNATURES}/{sig.name}", sig.read_bytes()))
+        # Every entry goes, not only *.sig: the board then judges the same set as the
+        # host's policy (fleet.trust.read_signatures), junk included.
+        for name, data in signature_files(folder).items():
+            members.append((f"{SIGNATURES}/{name}", data))
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -150,7 +152,16 @@ def update(target: Target, folder: Path, options: Options) -> r.UpdateResult:
         if outcome is not None:
             return outcome
         note(f"trial boot of slot {run.slot}")
-        answer = session.exec(f"{AGENT} try {options.attempts}", timeout=30)
+        try:
+            answer = session.exec(f"{AGENT} try {options.attempts}", timeout=30)
+        except RemoteError as exc:
+            # The board may have begun the trial reboot before its answer got out, so
+            # neither outcome is known; it rolls back or commits on its own either way.
+            return run.result(
+                r.Outcome.UNREACHABLE,
+                f"lost the board during `try` (it may be rebooting into slot {run.slot}; "
+                f"see fleet status): {exc}",
+            )
         if answer.exit_code != 0:
             words = _board_words(answer.stderr)
             return run.result(r.Outcome.REFUSED, f"board: {words}", status, words)
