@@ -72,14 +72,31 @@ def _locked(known_hosts: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _read_lines(known_hosts: Path) -> list[str]:
+    try:
+        return known_hosts.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RemoteError(f"cannot read known_hosts {known_hosts}: {exc}") from exc
+
+
+def _write_lines(known_hosts: Path, lines: list[str]) -> None:
+    # Readers never take the lock: a rename shows them the old file or the new one whole.
+    atomic.write_text(known_hosts, "".join(line + "\n" for line in lines), mode=0o600)
+
+
+def _key_line(name: str, key: paramiko.PKey) -> str:
+    return f"{name} {key.get_name()} {key.get_base64()}"
+
+
 def _rewrite(known_hosts: Path, host: str, port: int, key: paramiko.PKey | None) -> None:
     name = known_hosts_name(host, port)
     with _locked(known_hosts):
-        lines = known_hosts.read_text().splitlines() if known_hosts.exists() else []
-        kept = [line for line in lines if not _names_host(line, name)]
+        kept = [line for line in _read_lines(known_hosts) if not _names_host(line, name)]
         if key is not None:
-            kept.append(f"{name} {key.get_name()} {key.get_base64()}")
-        atomic.write_text(known_hosts, "".join(line + "\n" for line in kept), mode=0o600)
+            kept.append(_key_line(name, key))
+        _write_lines(known_hosts, kept)
 
 
 def _names_host(line: str, name: str) -> bool:
@@ -95,6 +112,21 @@ def _names_host(line: str, name: str) -> bool:
 def pin_host_key(known_hosts: Path, host: str, port: int, key: paramiko.PKey) -> None:
     """Record ``key`` as the only key of host:port (replacing any earlier one)."""
     _rewrite(known_hosts, host, port, key)
+
+
+def trust_on_first_use(known_hosts: Path, host: str, port: int, key: paramiko.PKey) -> None:
+    """Pin ``key`` for host:port unless a key is pinned already; then it must be this one.
+
+    The check and the pin are one critical section: of several processes meeting a new
+    host at once, the first pins and the others are held to its key, so an impostor
+    answering one of them is refused rather than replacing the real key (or being
+    replaced by it)."""
+    with _locked(known_hosts):
+        known = pinned_keys(known_hosts, host, port)
+        _check_host_key(key, known, _where(host, port), known_hosts, trust_new=True)
+        if not known:
+            lines = _read_lines(known_hosts)
+            _write_lines(known_hosts, [*lines, _key_line(known_hosts_name(host, port), key)])
 
 
 def forget_host(known_hosts: Path, host: str, port: int) -> None:
@@ -196,7 +228,7 @@ class Session:
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 raise RemoteError(f"SSH login to {where} failed: {_one_line(exc)}") from exc
             if not known:
-                pin_host_key(known_hosts_path, host, port, key)
+                trust_on_first_use(known_hosts_path, host, port, key)
         except BaseException:
             transport.close()
             raise
