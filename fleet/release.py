@@ -55,7 +55,6 @@ class Manifest:
     payloads: tuple[Payload, ...]
     health: Health
     inputs: dict[str, Any] = field(default_factory=dict)
-    downgrade: bool = False  # signed permission to install below the board's floor
 
     def payload(self, name: str) -> Payload:
         for payload in self.payloads:
@@ -70,7 +69,6 @@ class Manifest:
             "release": self.release,
             "board": self.board,
             "arch": self.arch,
-            "downgrade": self.downgrade,
             "payloads": [
                 {"name": p.name, "file": p.file, "size": p.size, "sha256": p.sha256}
                 for p in self.payloads
@@ -123,7 +121,6 @@ def _manifest_from_document(doc: dict[str, Any]) -> Manifest:
         "release",
         "board",
         "arch",
-        "downgrade",
         "payloads",
         "health",
         "inputs",
@@ -181,7 +178,6 @@ def _manifest_from_document(doc: dict[str, Any]) -> Manifest:
             timeout=timeout,
         ),
         inputs=_want(doc, "inputs", dict),
-        downgrade=_want(doc, "downgrade", bool),
     )
 
 

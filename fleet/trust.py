@@ -274,18 +274,36 @@ def read_manifest_bytes(folder: Path) -> bytes:
     return data
 
 
-def read_signatures(folder: Path) -> dict[str, bytes]:
-    """``signatures/*.sig`` by file stem; a huge file is kept truncated so it fails parsing."""
+def signature_files(folder: Path) -> dict[str, bytes]:
+    """Every entry of ``signatures/`` by file name. A huge file is kept truncated so that
+    it fails parsing; a link or a folder reads as empty (and so is refused)."""
     found: dict[str, bytes] = {}
     directory = folder / SIGNATURES
     if not directory.is_dir():
         return found
-    for path in sorted(directory.glob(f"*{SIGNATURE_SUFFIX}")):
+    for path in sorted(directory.iterdir()):
+        if path.is_symlink() or not path.is_file():
+            found[path.name] = b""
+            continue
         try:
             with path.open("rb") as handle:
-                found[path.stem] = handle.read(_MAX_SMALL)
+                found[path.name] = handle.read(_MAX_SMALL)
         except OSError as exc:
-            found[path.stem] = f"unreadable: {exc.strerror}".encode()
+            found[path.name] = f"unreadable: {exc.strerror}".encode()
+    return found
+
+
+def read_signatures(folder: Path) -> dict[str, bytes]:
+    """The signatures by key id (``KEYID.sig``). Any other entry is kept under its path
+    (``signatures/NAME``), which is no key id, so the policy refuses the release as the
+    board does."""
+    found: dict[str, bytes] = {}
+    for name, data in signature_files(folder).items():
+        stem = name.removesuffix(SIGNATURE_SUFFIX)
+        if name.endswith(SIGNATURE_SUFFIX) and KEY_ID.match(stem):
+            found[stem] = data
+        else:
+            found[f"{SIGNATURES}/{name}"] = data
     return found
 
 
@@ -330,7 +348,6 @@ class ReleaseReport:
                 "version": manifest.version,
                 "release": manifest.release,
                 "board": manifest.board,
-                "downgrade": manifest.downgrade,
             },
             "payloads": [p.as_dict() for p in self.payloads],
         }
@@ -356,7 +373,7 @@ def inspect_release(
     except SigningError as exc:
         policy.append(str(exc))
     try:
-        require_newer(manifest.release, manifest.downgrade, floor)
+        require_newer(manifest.release, floor)
     except SigningError as exc:
         policy.append(str(exc))
     payloads = tuple(check_payloads(folder, manifest, progress))

@@ -35,7 +35,7 @@ class SignatureError(PolicyError):
 
 
 class RollbackError(PolicyError):
-    """The release number is not above the board's floor and no downgrade was signed."""
+    """The release number is not above the board's floor."""
 
 
 class BoardMismatchError(PolicyError):

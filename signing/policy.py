@@ -117,6 +117,11 @@ def check_signatures(
     revoked: list[str] = []
     bad: list[tuple[str, str]] = []
     for name in sorted(signatures):
+        if not KEY_ID.match(name):
+            # The board takes only KEYID.sig files; anything else beside them refuses the
+            # release on both sides, so host and board never judge different sets.
+            bad.append((name, "is not a signature file (signatures/ holds only KEYID.sig)"))
+            continue
         try:
             signature = parse_signature(signatures[name], f"{name}")
         except SignatureFormatError as exc:
@@ -153,14 +158,16 @@ def require_signatures(report: SignatureReport) -> None:
         raise SignatureError(problem)
 
 
-def require_newer(release: int, downgrade: bool, floor: int | None) -> None:
-    """The anti-rollback rule: above the floor, or signed as a permitted downgrade."""
-    if floor is None or downgrade:
+def require_newer(release: int, floor: int | None) -> None:
+    """The anti-rollback rule: a release must be above the board's floor, always. No
+    signed document can lower a floor: going back to an older app is a new release (a
+    higher number) of that app, so a once-signed old release can never be replayed."""
+    if floor is None:
         return
     if release <= floor:
         raise RollbackError(
-            f"release {release} is not above the board's floor {floor} "
-            "and is not signed as a permitted downgrade"
+            f"release {release} is not above the board's floor {floor}; to go back to an "
+            "older app, build it again with a higher release number"
         )
 
 
@@ -174,22 +181,22 @@ class Facts:
     """The fields of a manifest the trust policy needs, read from its canonical bytes."""
 
     release: int
-    downgrade: bool
     board: str
 
 
 def read_facts(message: bytes) -> Facts:
     document = parse_canonical(message)
     release = document.get("release")
-    downgrade = document.get("downgrade", False)
     board = document.get("board")
     if not isinstance(release, int) or isinstance(release, bool) or release < 1:
         raise CanonicalError("manifest field release is not a positive integer")
-    if not isinstance(downgrade, bool):
-        raise CanonicalError("manifest field downgrade is not true or false")
+    if "downgrade" in document:
+        # fleet once let a signed flag skip the floor: such a document is refused, so
+        # no release signed under that rule can be replayed below a board's floor.
+        raise CanonicalError("manifest field downgrade is no longer allowed")
     if not isinstance(board, str):
         raise CanonicalError("manifest field board is not a string")
-    return Facts(release=release, downgrade=downgrade, board=board)
+    return Facts(release=release, board=board)
 
 
 def verify_release(
@@ -206,5 +213,5 @@ def verify_release(
     require_signatures(check_signatures(message, signatures, trust))
     facts = read_facts(message)
     require_board(facts.board, board)
-    require_newer(facts.release, facts.downgrade, floor)
+    require_newer(facts.release, floor)
     return facts

@@ -52,7 +52,7 @@ def verify(
         typer.Option(
             "--floor",
             min=0,
-            help="Refuse release numbers not above N, unless the release is a signed downgrade.",
+            help="Refuse release numbers not above N (a board's floor; it only rises).",
         ),
     ] = None,
     board: Annotated[

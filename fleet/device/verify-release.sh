@@ -3,13 +3,13 @@
 #
 # The board's own check of a release, with nothing but signify-openbsd, sed, od, base64
 # and sha256sum (busybox is enough), so a host that skips its checks still cannot get an
-# unsigned, tampered, revoked-key, wrong-board or downgraded release past the board.
+# unsigned, tampered, revoked-key, wrong-board or old (replayed) release past the board.
 #
 #   RELEASE    release folder: manifest.json, signatures/KEYID.sig, payload files
 #   KEYS       folder of trusted signify public keys (*.pub, any file names)
 #   REVOKED    file of revoked key ids, one per line, '#' comments ('' or missing: none)
 #   THRESHOLD  how many trusted, unrevoked keys must have signed
-#   FLOOR      the release number must be above this unless the release is a signed downgrade
+#   FLOOR      the release number must be above this; nothing signed can lower it
 #   BOARD      if given, the board profile the release must be made for
 #
 # Set VERIFY_PAYLOADS=no to check only the manifest (a caller that hashes the written
@@ -45,6 +45,38 @@ is_revoked() {
         sed 's/#.*//' "$revoked" | tr -d ' \t\r' | grep -qx "$1"
 }
 
+is_key_id() {
+    case $1 in
+        [0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]) return 0 ;;
+    esac
+    return 1
+}
+
+# The host's policy (signing/policy.py): signatures/ holds only KEYID.sig files, each one
+# signify signature in its strict two-line form made by that key; anything else there
+# refuses the release, whoever's key it names, so host and board never judge different
+# sets of files.
+well_formed_sig() { # FILE KEYID
+    [ -f "$1" ] && [ ! -L "$1" ] || return 1
+    [ "$(wc -c <"$1")" -le 2048 ] || return 1
+    [ "$(wc -l <"$1")" -eq 2 ] && [ "$(tail -c 1 "$1" | od -An -tx1 | tr -d ' ')" = 0a ] || return 1
+    head -n 1 "$1" | grep -q '^untrusted comment: ' || return 1
+    body=$(sed -n 2p "$1")
+    [ "$(printf '%s' "$body" | base64 -d 2>/dev/null | base64 -w 0)" = "$body" ] || return 1
+    [ "$(printf '%s' "$body" | base64 -d 2>/dev/null | wc -c)" -eq 74 ] || return 1
+    [ "$(printf '%s' "$body" | base64 -d | od -An -tx1 -N10 | tr -d ' \n')" = "4564$2" ]
+}
+for entry in "$release"/signatures/* "$release"/signatures/.*; do
+    [ -e "$entry" ] || [ -L "$entry" ] || continue # an unmatched glob
+    name=${entry##*/}
+    case $name in . | ..) continue ;; esac
+    id=${name%.sig}
+    if [ "$id.sig" != "$name" ] || ! is_key_id "$id"; then
+        fail "signature signatures/$name: is not a signature file (signatures/ holds only KEYID.sig)"
+    fi
+    well_formed_sig "$entry" "$id" || fail "signature $id: malformed or not by key $id"
+done
+
 valid=0
 counted=" "
 trusted=" "
@@ -52,10 +84,7 @@ revoked_seen=""
 for pub in "$keys"/*.pub; do
     [ -f "$pub" ] || continue
     id=$(key_id "$pub")
-    case $id in
-        [0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]) ;;
-        *) fail "trusted key $pub is not a signify public key" ;;
-    esac
+    is_key_id "$id" || fail "trusted key $pub is not a signify public key"
     trusted="$trusted$id "
     case $counted in *" $id "*) continue ;; esac
     sig=$release/signatures/$id.sig
@@ -97,16 +126,14 @@ field() {
 }
 
 number=$(field release)
-downgrade=$(field downgrade)
 made_for=$(field board | sed 's/^"\(.*\)"$/\1/')
 case $number in '' | *[!0-9]*) fail "malformed manifest: field release is not a number" ;; esac
 
 if [ -n "$board" ] && [ "$made_for" != "$board" ]; then
     fail "release is for board '$made_for', not '$board'"
 fi
-if [ "$downgrade" != true ] && [ "$number" -le "$floor" ]; then
-    fail "release $number is not above the board's floor $floor" \
-        "and is not signed as a permitted downgrade"
+if [ "$number" -le "$floor" ]; then
+    fail "release $number is not above the board's floor $floor"
 fi
 
 # Payload objects sit inside the top-level "payloads" array, one field per line, keys

@@ -139,8 +139,8 @@ def test_verify_says_exactly_what_failed(tmp_path: Path, keys: dict[str, str]) -
     fleet("sign", release, "--key", tmp_path / "keys" / "new.sec")
     fleet("verify", release, "--trust", two)
     assert refused("verify", release, "--trust", two, "--floor", 12) == (
-        prefix + "release 12 is not above the board's floor 12 "
-        "and is not signed as a permitted downgrade"
+        prefix + "release 12 is not above the board's floor 12; to go back to an older app, "
+        "build it again with a higher release number"
     )
     assert refused("verify", release, "--trust", two, "--board", "rpi5") == (
         prefix + "release is for board 'rpi4b', not 'rpi5'"
@@ -177,7 +177,7 @@ def test_malformed_manifest_is_named(tmp_path: Path, keys: dict[str, str]) -> No
     assert proc.stderr == ("fleet: error: malformed manifest: manifest is not in canonical form\n")
     # Signed by a trusted key but not a fleet manifest (say, signed with signify by hand).
     secret = parse_secret((tmp_path / "keys" / "old.sec").read_bytes())
-    data = canonical_bytes({"release": 5, "board": "rpi4b", "downgrade": False})
+    data = canonical_bytes({"release": 5, "board": "rpi4b"})
     (release / "manifest.json").write_bytes(data)
     (release / "signatures").mkdir()
     (release / "signatures" / f"{keys['old']}.sig").write_bytes(sign(secret, data).to_bytes())
@@ -262,9 +262,7 @@ def test_board_verifier_agrees_with_the_host(tmp_path: Path, keys: dict[str, str
         assert len(proc.stderr.splitlines()) == 1
         return proc.stderr.removeprefix("verify-release: ").rstrip("\n")
 
-    assert reason(release, trusted, "", 1, 20) == (
-        "release 20 is not above the board's floor 20 and is not signed as a permitted downgrade"
-    )
+    assert reason(release, trusted, "", 1, 20) == "release 20 is not above the board's floor 20"
     assert reason(release, trusted, "", 1, 0, "rpi5") == "release is for board 'rpi4b', not 'rpi5'"
     assert reason(release, trusted, "", 2, 0) == "1 valid signature(s) from trusted keys, need 2"
     assert reason(release, trust_folder(tmp_path, "new"), "", 1, 0) == (
@@ -293,7 +291,7 @@ def test_board_verifier_agrees_with_the_host(tmp_path: Path, keys: dict[str, str
     boot.write_bytes(original)
 
     path = release / "manifest.json"
-    path.write_bytes(path.read_bytes().replace(b'"downgrade": false', b'"downgrade": true'))
+    path.write_bytes(path.read_bytes().replace(b'"version": "1.2.3"', b'"version": "1.2.4"'))
     assert reason(release, trusted, "", 1, 30) == (
         f"signature {keys['old']}: by trusted key {keys['old']} does not verify "
         "(manifest or signature altered)"
@@ -301,13 +299,54 @@ def test_board_verifier_agrees_with_the_host(tmp_path: Path, keys: dict[str, str
 
 
 @needs_signify
-def test_signed_downgrade_passes_host_and_board(tmp_path: Path, keys: dict[str, str]) -> None:
+def test_signed_downgrade_is_refused_by_host_and_board(
+    tmp_path: Path, keys: dict[str, str]
+) -> None:
+    """A release once signed with the old "downgrade": true flag cannot be replayed below
+    a board's floor: the host refuses the document, the board applies its floor."""
     release = tmp_path / "release"
-    make_release(release, release=3, downgrade=True)
+    manifest = make_release(release, release=3)
+    document = {**manifest.to_document(), "downgrade": True}
+    (release / "manifest.json").write_bytes(canonical_bytes(document))
+    fleet("sign", release, "--key", tmp_path / "keys" / "old.sec", ok=False)
+    secret = parse_secret((tmp_path / "keys" / "old.sec").read_bytes())
+    (release / "signatures").mkdir(exist_ok=True)
+    data = (release / "manifest.json").read_bytes()
+    (release / "signatures" / f"{keys['old']}.sig").write_bytes(sign(secret, data).to_bytes())
+    trusted = trust_folder(tmp_path, "old")
+    assert refused("verify", release, "--trust", trusted, "--floor", 9) == (
+        f"fleet: error: {release}: malformed manifest: unknown field downgrade"
+    )
+    proc = board_check(release, trusted, "", 1, 9)
+    assert proc.returncode == 1
+    assert proc.stderr == "verify-release: release 3 is not above the board's floor 9\n"
+
+
+@needs_signify
+def test_junk_in_signatures_is_refused_by_host_and_board(
+    tmp_path: Path, keys: dict[str, str]
+) -> None:
+    """One signature policy on both sides: an entry of signatures/ that is not a
+    well-formed KEYID.sig refuses the release, though a valid trusted signature is there."""
+    release = tmp_path / "release"
+    make_release(release)
     fleet("sign", release, "--key", tmp_path / "keys" / "old.sec")
     trusted = trust_folder(tmp_path, "old")
-    fleet("verify", release, "--trust", trusted, "--floor", 9)
-    assert board_check(release, trusted, "", 1, 9).returncode == 0
+    assert board_check(release, trusted, "", 1, 0).returncode == 0
+    junk = {
+        "notes.txt": b"hello\n",
+        "0123456789abcdef.sig": b"untrusted comment: junk\nnot base64\n",
+        "0123456789abcdef": b"no suffix\n",
+    }
+    for name, data in junk.items():
+        path = release / "signatures" / name
+        path.write_bytes(data)
+        host = fleet("verify", release, "--trust", trusted, ok=False)
+        board = board_check(release, trusted, "", 1, 0)
+        assert host.returncode == 5, (name, host.stdout)
+        assert board.returncode == 1, (name, board.stdout)
+        assert "signature" in host.stderr and "signature" in board.stderr, (name, board.stderr)
+        path.unlink()
 
 
 @needs_signify

@@ -24,13 +24,14 @@ from signing import (
     signature_valid,
     verify_release,
 )
+from signing.canonical import CanonicalError
 
 pytestmark = pytest.mark.unit
 
 
-def manifest(release: int = 5, board: str = "rpi4b", downgrade: bool = False) -> bytes:
+def manifest(release: int = 5, board: str = "rpi4b", **extra: object) -> bytes:
     return canonical_bytes(
-        {"format": 1, "release": release, "board": board, "downgrade": downgrade, "payloads": []}
+        {"format": 1, "release": release, "board": board, "payloads": [], **extra}
     )
 
 
@@ -152,7 +153,7 @@ def test_signature_filed_under_another_key_id_is_refused() -> None:
     assert report.bad == ((b.key_id, f"holds a signature by key {a.key_id}, not {b.key_id}"),)
 
 
-def test_floor_and_downgrade() -> None:
+def test_floor_only_rises() -> None:
     key = generate()
     trust = TrustSet.of([key.public])
     for release, floor in ((6, 5), (1, None)):
@@ -161,8 +162,12 @@ def test_floor_and_downgrade() -> None:
     data = manifest(5)
     with pytest.raises(RollbackError, match="release 5 is not above the board's floor 5"):
         verify_release(data, sigs(data, key), trust, floor=5)
-    data = manifest(3, downgrade=True)
-    assert verify_release(data, sigs(data, key), trust, floor=5).downgrade
+    # A document signed under the old rule ("downgrade": true skipped the floor) is
+    # refused whatever its number, so no signed downgrade can be replayed.
+    for floor in (5, 1, None):
+        data = manifest(3, downgrade=True)
+        with pytest.raises(CanonicalError, match="field downgrade is no longer allowed"):
+            verify_release(data, sigs(data, key), trust, floor=floor)
 
 
 def test_board_must_match() -> None:

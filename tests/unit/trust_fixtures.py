@@ -13,7 +13,6 @@ def make_release(
     *,
     release: int = 7,
     board: str = "qemu-virt-arm64",
-    downgrade: bool = False,
     boot: bytes = b"boot partition bytes\n" * 10,
     rootfs: bytes = b"rootfs bytes\n" * 50,
 ) -> Manifest:
@@ -31,7 +30,6 @@ def make_release(
         payloads=tuple(payloads),
         health=Health(http="http://127.0.0.1:8080/health", command=None, port=8080, timeout=60),
         inputs={"source": "examples/hello-c"},
-        downgrade=downgrade,
     )
     write_manifest(folder, manifest)
     return manifest
