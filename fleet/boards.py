@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleet import REPO_ROOT
+from fleet import data_dir
 from fleet.errors import ConfigError
 from fleet.schema import Table, load_toml
 
@@ -105,7 +105,7 @@ class BoardProfile:
 
 
 def boards_dir() -> Path:
-    return Path(os.environ.get("FLEET_BOARDS_DIR", REPO_ROOT / "boards"))
+    return Path(os.environ.get("FLEET_BOARDS_DIR", data_dir("boards")))
 
 
 def load_profile(path: Path) -> BoardProfile:
@@ -250,7 +250,12 @@ def _qemu(top: Table) -> Qemu | None:
 
 def all_profiles(directory: Path | None = None) -> list[BoardProfile]:
     folder = directory or boards_dir()
-    return [load_profile(path) for path in sorted(folder.glob("*.toml"))]
+    paths = sorted(folder.glob("*.toml"))
+    if not paths:
+        # An empty list would read as "fleet supports no boards"; it is a broken install
+        # or a wrong FLEET_BOARDS_DIR.
+        raise ConfigError(f"no board profiles (*.toml) in {folder}")
+    return [load_profile(path) for path in paths]
 
 
 def get_profile(name: str, directory: Path | None = None) -> BoardProfile:

@@ -14,11 +14,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleet import REPO_ROOT
+from fleet import data_dir
 from fleet.errors import ConfigError, UsageError
 from fleet.project import LOCK_FILE, PROJECT_FILE, load_project
 
-EXAMPLES = REPO_ROOT / "examples"
+EXAMPLES = data_dir("examples")
 TEMPLATES = {"c": "hello-c", "go": "hello-go"}
 # Build output and caches that may sit in an example folder after someone built it.
 _SKIP_DIRS = {"out", "build", "cache", "__pycache__"}
