@@ -27,8 +27,6 @@ BASE_PROGRAMS = {
     "signify-openbsd": ["bin/signify-openbsd"],
 }
 BASE_PACKAGES = tuple(BASE_PROGRAMS)
-# The app and its health check run as this user (fleet-tool as-user), never as root.
-APP_UID = 1000
 
 # The busybox applets fleet's scripts and a person at the console use. A read-only
 # root cannot run `busybox --install` at boot, so the links are made here.
@@ -385,17 +383,13 @@ def _add_system_files(
         "net-up",
         "udhcpc.script",
         "agent",
-        "agent-ssh",
     ):
         staged.add_file(f"etc/fleet/{name}", DEVICE_DIR / name, "fleet", 0o755)
     staged.add_file("etc/inittab", DEVICE_DIR / "inittab", "fleet", 0o644)
     staged.add_link("sbin/init", "/bin/busybox", "busybox-static")
-    app_user = f"app:x:{APP_UID}:{APP_UID}:the app:/data/app:/bin/false\n"
-    staged.add_bytes("etc/passwd", f"root:x:0:0:root:/root:/bin/sh\n{app_user}".encode(), "fleet")
-    staged.add_bytes("etc/group", f"root:x:0:\ntty:x:5:\napp:x:{APP_UID}:\n".encode(), "fleet")
-    staged.add_bytes(
-        "etc/shadow", b"root:*:19000:0:99999:7:::\napp:*:19000:0:99999:7:::\n", "fleet", 0o600
-    )
+    staged.add_bytes("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", "fleet")
+    staged.add_bytes("etc/group", b"root:x:0:\ntty:x:5:\n", "fleet")
+    staged.add_bytes("etc/shadow", b"root:*:19000:0:99999:7:::\n", "fleet", 0o600)
     staged.add_bytes("etc/shells", b"/bin/sh\n", "fleet")
     storage = profile.storage
     staged.add_bytes(
@@ -427,8 +421,6 @@ def _add_system_files(
                 "FLEET_HEALTH_COMMAND": health.command or "",
                 "FLEET_HEALTH_TIMEOUT": str(health.timeout_s),
                 "FLEET_HEALTH_MAX_EXITS": str(health.max_exits),
-                "FLEET_HEALTH_CHECK_TIMEOUT": str(health.check_timeout_s),
-                "FLEET_APP_UID": str(APP_UID),
             }
         ),
         "fleet",
