@@ -111,7 +111,9 @@ def flash(
         float | None,
         typer.Option("--timeout", help="Seconds to wait with --wait or for a USB boot board."),
     ] = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before writing.")] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask before writing (needs --device).")
+    ] = False,
     no_verify: Annotated[
         bool, typer.Option("--no-verify", help="Skip the read-back check.")
     ] = False,
@@ -154,7 +156,7 @@ def flash(
 
     With the image's .bmap (made by fleet build or bmaptool) only the ranges that hold
     data are written, each checked against its SHA-256. Refuses system drives, mounted
-    or too-small targets; asks before writing unless --yes.
+    or too-small targets; asks before writing unless --yes, which needs --device.
 
     With --hostname, --authorized-key, --network, --config-file or --settings the board's
     own settings then go into its first partition (docs/provisioning.md); they are
@@ -163,6 +165,12 @@ def flash(
     Examples: fleet flash out/disk.img --wait; fleet flash disk.img.zst -d /dev/sdb --yes;
     fleet flash out/disk.img -d /dev/sdb --hostname kiosk-01 --authorized-key ~/.ssh/id_ed25519.pub
     """
+    if yes and device is None:
+        # Without a named device, --yes would let fleet pick what it destroys.
+        raise UsageError(
+            "--yes writes without asking, so it needs --device to name the target "
+            "(see fleet devices)"
+        )
     if not image.is_file():
         raise UsageError(f"image {image} does not exist")
     settings = provision_opts.requested(

@@ -4,7 +4,8 @@ Facts come from pyudev: udev's properties when udevd runs, else sysfs attributes
 through the same device objects (containers and minimal hosts often have no udevd).
 A disk is a *system* drive when it carries a system mount point or swap, anywhere in
 its stack (partitions, device-mapper or md holders), or when it is neither removable
-nor hot-pluggable. Loop, ram, optical and other virtual devices are never offered.
+nor hot-pluggable, or an mmc disk (eMMC, the host's own SD card) the kernel does not
+call removable. Loop, ram, optical and other virtual devices are never offered.
 """
 
 from __future__ import annotations
@@ -258,6 +259,10 @@ def probe(
         reason = "holds active swap"
     elif _kind(device) == "disk" and not removable and not hotplug:
         reason = "internal (not removable, not hot-pluggable)"
+    elif _kind(device) == "disk" and not removable and bus == "mmc":
+        # The mmc bus is hot-pluggable, but a disk on it that the kernel does not call
+        # removable may be soldered on (eMMC) or the host's own card: never a candidate.
+        reason = "internal MMC/SD storage (not removable)"
 
     vendor_id = _attr(usb, "idVendor").lower()
     rpi_msd = vendor.upper().startswith("RPI-MSD") or (
