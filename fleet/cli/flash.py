@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from fleet.cli import provision as provision_opts
-from fleet.cli.output import JSON_HELP, bytes_progress, note, out, print_json
+from fleet.cli.output import JSON_HELP, bytes_progress, note, out, print_json, warn
 from fleet.errors import FlashError, UsageError
 from fleet.flash.discovery import BlockDevice, device_info, list_block_devices
 from fleet.flash.flasher import find_bmap, image_size
@@ -52,7 +52,7 @@ def _confirm(device: BlockDevice, image: Path, yes: bool) -> None:
                 f"{device.node} is a system drive and there is no terminal to type its name "
                 f"on; {device.node} was not changed"
             )
-        note(f"[bold red]{device.describe()} is a SYSTEM drive: {device.system_reason}.")
+        warn(f"{device.describe()} is a SYSTEM drive: {device.system_reason}.")
         typed = typer.prompt(f"Type {device.name} to destroy everything on it")
         if typed.strip() != device.name:
             raise FlashError(f"confirmation did not match; {device.node} was not changed")

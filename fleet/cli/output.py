@@ -1,6 +1,11 @@
 """Shared output helpers: results on stdout (plain or ``--json``), progress and notes on
 stderr so that a script reading stdout sees only the result.
 
+Everything printed is plain text: markup and emoji codes are off for the whole console,
+because most of what fleet prints holds outside text (USB descriptor strings, mount
+points, file names, what a board answered), and one ``[/]`` in a model string would
+crash rich or restyle a warning. Style is given as ``style=``, never inside the text.
+
 rich is imported on first use, not at start-up: it is about fifty modules, which a cold
 ``fleet flash --json`` run (page cache empty, as on a freshly booted laptop) would pay
 for on every call without ever drawing anything."""
@@ -31,7 +36,9 @@ class LazyConsole:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(stderr=self._stderr, highlight=False, soft_wrap=True)
+            self._console = Console(
+                stderr=self._stderr, highlight=False, soft_wrap=True, markup=False, emoji=False
+            )
         return self._console
 
     @property
@@ -55,12 +62,17 @@ def note(message: str) -> None:
     err.print(message)
 
 
+def warn(message: str) -> None:
+    """A note that must stand out (a system drive about to be overwritten)."""
+    err.print(message, style="bold red")
+
+
 def steps_progress() -> Progress:
     """A progress display for a sequence of named steps (build stages, boot waits)."""
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         TaskProgressColumn(),
         TimeElapsedColumn(),
@@ -87,7 +99,7 @@ class BytesProgress:
             )
 
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
+                TextColumn("{task.description}", style="bold", markup=False),
                 BarColumn(),
                 DownloadColumn(binary_units=True),
                 TransferSpeedColumn(),

@@ -328,3 +328,16 @@ def test_corrupt_compressed_image_is_blamed_on_the_image(
     assert result.returncode == 6
     assert f"bytes {5 * MiB + 4096}-{8 * MiB + 4096} do not match its bmap" in result.stderr
     assert "partial image" in result.stderr
+
+
+def test_file_names_with_markup_are_printed_as_they_are(
+    image: Path, loop: tuple[str, Path]
+) -> None:
+    node, _ = loop
+    odd = image.rename(image.with_name("disk[bold]:smile:.img"))  # a name cannot hold '/'
+    odd.with_name(odd.name + ".bmap").write_bytes(image.with_name("disk.img.bmap").read_bytes())
+    result = fleet("flash", str(odd), "-d", node, "--yes")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(
+        f"flashed {odd.name} to {node} using {odd.name}.bmap: "
+    ), result.stdout
