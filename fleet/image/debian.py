@@ -9,7 +9,6 @@ once cached, and the same inputs give the same bytes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from fleet import atomic
 from fleet.errors import BuildError, ConfigError
+from fleet.hashing import sha256_file
 from fleet.run import run
 
 LOCK_FORMAT = 1
@@ -56,14 +56,6 @@ def cache_dir() -> Path:
 def _sources() -> list[str]:
     custom = os.environ.get("FLEET_DEBIAN_SOURCES")
     return [s.strip() for s in custom.split("|")] if custom else list(_DEFAULT_SOURCES)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _deb_fields(path: Path) -> tuple[str, str, str]:
@@ -124,7 +116,7 @@ def resolve(names: list[str], arch: str) -> dict[str, Deb]:
         found: dict[str, Deb] = {}
         for deb_path in sorted(target.glob("*.deb")):
             name, version, deb_arch = _deb_fields(deb_path)
-            sha = _sha256(deb_path)
+            sha = sha256_file(deb_path)
             filename = f"{name}_{version.replace(':', '%3a')}_{deb_arch}.deb"
             cached = debs_dir / filename
             _cache(deb_path, cached)
@@ -146,7 +138,7 @@ def ensure_cached(debs: dict[str, Deb], arch: str) -> None:
         path = debs_dir / deb.filename
         if not path.exists():
             raise BuildError(f"{deb.name} {deb.version} is pinned in fleet.lock but not available")
-        if _sha256(path) != deb.sha256:
+        if sha256_file(path) != deb.sha256:
             raise BuildError(
                 f"{deb.filename}: SHA-256 differs from fleet.lock (cache corrupted or the "
                 "archive changed the package); delete it from the cache to fetch it again"

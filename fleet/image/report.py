@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 from fleet import __version__
 from fleet.atomic import write_text
+from fleet.hashing import hash_file
 from fleet.image.chroot_path import resolve_file
 
 SBOM_NAME = "sbom.spdx.json"
@@ -70,16 +71,10 @@ class ImageReport:
 
 def file_entry(image_path: str, host_path: Path, origin: str) -> FileEntry:
     """Hash one file of the image (read from ``host_path``) into a report entry."""
-    sha256 = hashlib.sha256()
     sha1 = hashlib.sha1(usedforsecurity=False)
-    size = 0
-    with host_path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            sha256.update(chunk)
-            sha1.update(chunk)
-            size += len(chunk)
+    size, sha256 = hash_file(host_path, also=[sha1])
     path = "/" + image_path.lstrip("/")
-    return FileEntry(path, size, sha256.hexdigest(), sha1.hexdigest(), origin)
+    return FileEntry(path, size, sha256, sha1.hexdigest(), origin)
 
 
 def tree_entries(root: Path, origin_of: Callable[[str], str]) -> list[FileEntry]:
