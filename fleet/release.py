@@ -27,6 +27,10 @@ PAYLOAD_NAMES = ("boot", "rootfs")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _MAX_SIZE = 2**40
+_HEX_SALT = re.compile(r"^(?:[0-9a-f]{2}){1,256}$")
+VERITY_BLOCK = 4096
+VERITY_ALGORITHM = "sha256"
+_VERITY_FIELDS = ("algorithm", "block_size", "data_blocks", "hash_offset", "root_hash", "salt")
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,35 @@ class Health:
 
 
 @dataclass(frozen=True)
+class Verity:
+    """The rootfs payload's dm-verity hash tree (format 1, no superblock): the squashfs
+    fills ``data_blocks`` blocks, the tree starts at ``hash_offset`` and ends the payload.
+    The slot's initramfs maps the root partition with these values."""
+
+    root_hash: str  # 64 lowercase hex digits
+    salt: str  # lowercase hex
+    data_blocks: int
+    hash_offset: int  # bytes from the payload's start; = data_blocks * block_size
+    block_size: int = VERITY_BLOCK
+    algorithm: str = VERITY_ALGORITHM
+
+    @property
+    def hash_start_block(self) -> int:
+        return self.hash_offset // self.block_size
+
+
+def verity_tree_size(data_blocks: int, block_size: int = VERITY_BLOCK) -> int:
+    """Bytes of a format-1 sha256 hash tree over ``data_blocks`` blocks (one block: none)."""
+    per_block = block_size // 32
+    size = 0
+    count = data_blocks
+    while count > 1:
+        count = -(-count // per_block)
+        size += count * block_size
+    return size
+
+
+@dataclass(frozen=True)
 class Manifest:
     app: str
     version: str
@@ -55,6 +88,7 @@ class Manifest:
     payloads: tuple[Payload, ...]
     health: Health
     inputs: dict[str, Any] = field(default_factory=dict)
+    verity: Verity | None = None  # the rootfs payload's hash tree; None before dm-verity
 
     def payload(self, name: str) -> Payload:
         for payload in self.payloads:
@@ -63,7 +97,7 @@ class Manifest:
         raise ReleaseError(f"manifest has no payload {name!r}")
 
     def to_document(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "format": FORMAT,
             "app": {"name": self.app, "version": self.version},
             "release": self.release,
@@ -81,6 +115,17 @@ class Manifest:
             },
             "inputs": self.inputs,
         }
+        if self.verity is not None:
+            v = self.verity
+            doc["verity"] = {
+                "root_hash": v.root_hash,
+                "salt": v.salt,
+                "data_blocks": v.data_blocks,
+                "hash_offset": v.hash_offset,
+                "block_size": v.block_size,
+                "algorithm": v.algorithm,
+            }
+        return doc
 
     def to_bytes(self) -> bytes:
         return canonical_bytes(self.to_document())
@@ -124,6 +169,7 @@ def _manifest_from_document(doc: dict[str, Any]) -> Manifest:
         "payloads",
         "health",
         "inputs",
+        "verity",
     }
     unknown = sorted(set(doc) - known)
     if unknown:
@@ -164,6 +210,9 @@ def _manifest_from_document(doc: dict[str, Any]) -> Manifest:
     timeout = _want(health, "timeout", int, "health.")
     if not 0 < port < 65536 or not 0 < timeout < 86400:
         raise ValueError("health.port or health.timeout out of range")
+    verity = None
+    if "verity" in doc:
+        verity = _verity_from_document(_want(doc, "verity", dict), payloads)
     return Manifest(
         app=_want(app, "name", str, "app."),
         version=_want(app, "version", str, "app."),
@@ -178,7 +227,37 @@ def _manifest_from_document(doc: dict[str, Any]) -> Manifest:
             timeout=timeout,
         ),
         inputs=_want(doc, "inputs", dict),
+        verity=verity,
     )
+
+
+def _verity_from_document(item: dict[str, Any], payloads: list[Payload]) -> Verity:
+    unknown = sorted(set(item) - set(_VERITY_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown field verity.{unknown[0]}")
+    where = "verity."
+    verity = Verity(
+        root_hash=_want(item, "root_hash", str, where),
+        salt=_want(item, "salt", str, where),
+        data_blocks=_want(item, "data_blocks", int, where),
+        hash_offset=_want(item, "hash_offset", int, where),
+        block_size=_want(item, "block_size", int, where),
+        algorithm=_want(item, "algorithm", str, where),
+    )
+    if not _HEX64.match(verity.root_hash):
+        raise ValueError("verity.root_hash is not 64 lowercase hex digits")
+    if not _HEX_SALT.match(verity.salt):
+        raise ValueError("verity.salt is not 1 to 256 bytes of lowercase hex")
+    if verity.block_size != VERITY_BLOCK or verity.algorithm != VERITY_ALGORITHM:
+        raise ValueError(f"verity must be {VERITY_ALGORITHM} with {VERITY_BLOCK}-byte blocks")
+    if not 0 < verity.data_blocks < _MAX_SIZE // VERITY_BLOCK:
+        raise ValueError("verity.data_blocks out of range")
+    if verity.hash_offset != verity.data_blocks * verity.block_size:
+        raise ValueError("verity.hash_offset is not where the data blocks end")
+    rootfs = next(p for p in payloads if p.name == "rootfs")
+    if rootfs.size != verity.hash_offset + verity_tree_size(verity.data_blocks):
+        raise ValueError("verity does not describe the rootfs payload (its size differs)")
+    return verity
 
 
 def sha256_file(path: Path, chunk: int = 4 << 20) -> str:

@@ -9,7 +9,7 @@ gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-ar
 golang-go
 squashfs-tools dosfstools mtools fdisk u-boot-tools e2fsprogs
 mmdebstrap debian-archive-keyring
-bmap-tools rauc signify-openbsd busybox-static
+bmap-tools rauc signify-openbsd busybox-static cryptsetup-bin
 zstd xz-utils cpio file
 iproute2 openssh-client udev kmod
 python3-venv

@@ -1,5 +1,6 @@
 """Small programs of fleet's own that run on the board, cross-built with the app's
-compilers: today the reboot helper that passes "0 tryboot" to the Raspberry Pi firmware."""
+compilers: the reboot helper that passes "0 tryboot" to the Raspberry Pi firmware, and the
+initramfs's dm-verity mapper."""
 
 from __future__ import annotations
 
@@ -26,6 +27,31 @@ def build_reboot_helper(arch: str, work: Path, epoch: int) -> Path:
             "-o",
             out,
             DEVICE_DIR / "fleet-reboot.c",
+        ],
+        env={"SOURCE_DATE_EPOCH": str(epoch), "LC_ALL": "C"},
+    )
+    return out
+
+
+def build_verity_helper(arch: str, work: Path, epoch: int) -> Path:
+    """``fleet-verity`` for ``arch``: the initramfs's device-mapper client, linked
+    statically (the initramfs has no C library), built reproducibly like fleet-reboot."""
+    target = target_for(arch)
+    out = work / "fleet-verity"
+    run(
+        [
+            target.cc,
+            "-Os",
+            "-s",
+            "-static",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            f"-ffile-prefix-map={DEVICE_DIR}=.",
+            "-Wl,--build-id=none",
+            "-o",
+            out,
+            DEVICE_DIR / "fleet-verity.c",
         ],
         env={"SOURCE_DATE_EPOCH": str(epoch), "LC_ALL": "C"},
     )

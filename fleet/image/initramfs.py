@@ -1,5 +1,7 @@
-"""The initramfs: static busybox, the drivers needed to reach the root filesystem, and
-fleet's tiny init that mounts the slot's squashfs and switches to it."""
+"""The initramfs: static busybox, the drivers needed to reach the root filesystem, the
+static ``fleet-verity`` mapper, the slot's dm-verity parameters, and fleet's tiny init
+that maps the slot's root partition through dm-verity, mounts the verified squashfs and
+switches to it."""
 
 from __future__ import annotations
 
@@ -8,20 +10,43 @@ from pathlib import Path
 
 from fleet.image import cpio
 from fleet.image.kernel import KernelTree
+from fleet.release import Verity
 
 INIT = Path(__file__).resolve().parent.parent / "device" / "initramfs-init"
 
 
+def verity_file(verity: Verity) -> bytes:
+    """``etc/verity``: what initramfs-init needs for the ``verity`` table, key=value."""
+    fields = {
+        "root_hash": verity.root_hash,
+        "salt": verity.salt,
+        "data_blocks": str(verity.data_blocks),
+        "hash_start": str(verity.hash_start_block),
+        "block_size": str(verity.block_size),
+        "algorithm": verity.algorithm,
+    }
+    return "".join(f"{key}={value}\n" for key, value in fields.items()).encode()
+
+
 def build_initramfs(
-    busybox: Path, kernel: KernelTree, modules: list[Path], mtime: int, root_prefix: str
+    busybox: Path,
+    kernel: KernelTree,
+    modules: list[Path],
+    mtime: int,
+    root_prefix: str,
+    *,
+    mapper: Path,
+    verity: Verity,
 ) -> bytes:
     """A gzip-compressed newc archive; the same inputs give the same bytes.
 
     ``root_prefix`` (e.g. /dev/mmcblk0p) names the root partitions when the bootloader
-    does not (the Pi firmware's tryboot)."""
+    does not (the Pi firmware's tryboot). ``mapper`` is the static fleet-verity program,
+    ``verity`` the slot's rootfs hash tree parameters."""
     entries = [
         cpio.directory("bin"),
         cpio.file("bin/busybox", busybox.read_bytes(), executable=True),
+        cpio.file("bin/fleet-verity", mapper.read_bytes(), executable=True),
         cpio.directory("dev"),
         cpio.directory("etc"),
         cpio.directory("lib"),
@@ -38,5 +63,6 @@ def build_initramfs(
         names.append(name)
     entries.append(cpio.file("etc/modules", ("\n".join(names) + "\n").encode()))
     entries.append(cpio.file("etc/root-prefix", f"{root_prefix}\n".encode()))
+    entries.append(cpio.file("etc/verity", verity_file(verity)))
     blob = cpio.archive(entries, mtime=mtime)
     return gzip.compress(blob, compresslevel=9, mtime=mtime)

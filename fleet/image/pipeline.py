@@ -25,6 +25,7 @@ from fleet.image import (
     payloads,
     report,
     rootfs,
+    verity,
 )
 from fleet.image.app import DEFAULT_EPOCH, build_app, source_files
 from fleet.image.elf import check_tree
@@ -132,8 +133,14 @@ def build(
     release_tmp.mkdir()
     rootfs_img = release_tmp / "rootfs.squashfs"
     payloads.make_squashfs(staged.root, rootfs_img, mtime)
+    # The rootfs payload is the squashfs and its dm-verity hash tree; the slot's
+    # initramfs carries the root hash, so the board checks every block it reads.
+    root_verity = verity.append_hash_tree(rootfs_img)
+    mapper = device_tools.build_verity_helper(profile.arch, work, mtime)
     boot_img = release_tmp / "boot.vfat"
-    boot_files = _boot_files(work, profile, ktree, roots, boot_modules, mtime)
+    boot_files = _boot_files(
+        work, profile, ktree, roots, boot_modules, mtime, mapper=mapper, root_verity=root_verity
+    )
     payloads.make_fat(boot_img, boot_files, "FLEETSLOT", mtime)
 
     step("release")
@@ -151,6 +158,7 @@ def build(
             project.health.http, project.health.command, project.port, project.health.timeout_s
         ),
         inputs=_inputs(project, profile, debs),
+        verity=root_verity,
     )
     write_manifest(release_tmp, manifest)
     signed: tuple[str, ...] = ()
@@ -228,6 +236,9 @@ def _boot_files(
     roots: dict[str, Path],
     boot_modules: list[Path],
     mtime: int,
+    *,
+    mapper: Path,
+    root_verity: verity.Verity,
 ) -> dict[str, Path]:
     folder = work / "boot"
     folder.mkdir()
@@ -238,7 +249,13 @@ def _boot_files(
     storage = profile.storage
     initrd.write_bytes(
         initramfs.build_initramfs(
-            busybox, ktree, boot_modules, mtime, f"{storage.linux_disk}{storage.partition_prefix}"
+            busybox,
+            ktree,
+            boot_modules,
+            mtime,
+            f"{storage.linux_disk}{storage.partition_prefix}",
+            mapper=mapper,
+            verity=root_verity,
         )
     )
     files = {"Image.gz": image, "initrd.gz": initrd}
