@@ -10,18 +10,17 @@ A trust folder holds ``*.pub`` keys (signify format, any file name), an optional
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import stat
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fleet import atomic
 from fleet.errors import ReleaseError, UsageError
+from fleet.hashing import Progress, hash_file
 from fleet.release import MANIFEST, SIGNATURES, Manifest, manifest_from_bytes
 from signing import (
     PublicKey,
@@ -49,10 +48,7 @@ SIGNATURE_SUFFIX = ".sig"
 # Far above any real file of its kind; a bound keeps a hostile folder from exhausting memory.
 _MAX_MANIFEST = 16 << 20
 _MAX_SMALL = 64 << 10
-_CHUNK = 1 << 20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-Progress = Callable[[int], None]
 
 
 # ---- keys ------------------------------------------------------------------------------
@@ -199,22 +195,6 @@ class PayloadCheck:
             "ok": self.problem is None,
             "problem": self.problem,
         }
-
-
-def hash_file(path: Path, progress: Progress | None = None) -> tuple[int, str]:
-    """Size and SHA-256 of ``path``: one reused 1 MiB buffer, so hashlib (OpenSSL, which
-    releases the GIL) runs at memory speed."""
-    digest = hashlib.sha256()
-    size = 0
-    buffer = bytearray(_CHUNK)
-    view = memoryview(buffer)
-    with path.open("rb", buffering=0) as handle:
-        while count := handle.readinto(view):
-            digest.update(view[:count])
-            size += count
-            if progress is not None:
-                progress(count)
-    return size, digest.hexdigest()
 
 
 def check_payload(
