@@ -15,7 +15,7 @@ from fleet.errors import FlashError, UsageError
 from fleet.flash.discovery import BlockDevice, device_info, list_block_devices
 from fleet.flash.flasher import find_bmap, image_size
 from fleet.flash.flasher import flash as run_flash
-from fleet.flash.safety import check_target, unmount_all
+from fleet.flash.safety import check_target, exclusive, unmount_all
 from fleet.flash.source import open_image
 from fleet.flash.wait import default_predicate, wait_for_device
 
@@ -186,21 +186,23 @@ def flash(
         _confirm(target, image, yes)
         if unmount and target.mounts:
             note(f"unmounted {', '.join(unmount_all(target))}")
-        with bytes_progress() as progress:
+        # Held from the image's first byte to the settings' last one.
+        with exclusive(target) as held:
+            with bytes_progress() as progress:
 
-            def phase(name: str, total: int | None) -> Callable[[int], None]:
-                task = progress.add_task(name, total=total)
-                return lambda n: progress.advance(task, n)
+                def phase(name: str, total: int | None) -> Callable[[int], None]:
+                    task = progress.add_task(name, total=total)
+                    return lambda n: progress.advance(task, n)
 
-            result = run_flash(
-                source, the_bmap, bmap_path, target, verify=not no_verify, phase=phase
-            )
-    provisioned = None
-    if settings is not None:
-        from fleet import provision
+                result = run_flash(
+                    source, the_bmap, bmap_path, target, held, verify=not no_verify, phase=phase
+                )
+            provisioned = None
+            if settings is not None:
+                from fleet import provision
 
-        provision.write(Path(target.node), settings)
-        provisioned = provision.describe(settings)
+                provision.write(Path(target.node), settings, held_fd=held[0])
+                provisioned = provision.describe(settings)
     if json_out:
         data = result.as_dict()
         if settings is not None:

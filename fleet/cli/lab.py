@@ -115,6 +115,8 @@ def up(
     settings = provision_opts.requested(
         hostname, authorized_key, network, config_file, settings_file
     )
+    if in_place:  # the device itself gets the settings: fleet flash's refusals apply
+        provision_opts.check_device(disk_image)
     with _live_status() as status:
         result = lab.up(
             board,

@@ -4,6 +4,7 @@ and ``fleet lab up``, declared once here."""
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -89,6 +90,21 @@ def requested(
     )
 
 
+def check_device(target: Path) -> None:
+    """Refuse a block device that ``fleet flash`` would refuse (a system drive, mounted,
+    read-only, no medium, RAM or optical) before its settings are written; an image
+    file passes. The writer then holds the device with O_EXCL while it writes."""
+    try:
+        if not stat.S_ISBLK(target.stat().st_mode):
+            return
+    except OSError:
+        return  # the writer names what is missing
+    from fleet.flash.discovery import device_info  # pyudev only for a device
+    from fleet.flash.safety import check_target
+
+    check_target(device_info(target), None, allow_system=None, unmount=None)
+
+
 def provision_cmd(
     target: Annotated[
         Path, typer.Argument(help="Disk image file or whole-disk device (e.g. /dev/sdb).")
@@ -117,6 +133,7 @@ def provision_cmd(
     )
     if result is None:
         raise typer.BadParameter("give at least one setting (see --help)")
+    check_device(target)
     from fleet import provision
 
     provision.write(target, result)

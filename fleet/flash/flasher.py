@@ -12,7 +12,6 @@ from typing import Any
 from fleet.bmap import Bmap, load_bmap
 from fleet.errors import FlashError
 from fleet.flash.discovery import BlockDevice
-from fleet.flash.safety import close_device, open_exclusive
 from fleet.flash.source import ImageSource, bmap_candidates, open_image
 from fleet.flash.verify import DeviceChecker, Mismatch, check_device, verification_error
 from fleet.flash.writer import DeviceWriter, Expected, RangeDone, Span, image_digests
@@ -76,12 +75,15 @@ def flash(
     bmap: Bmap | None,
     bmap_path: Path | None,
     device: BlockDevice,
+    held: tuple[int, int],
     *,
     verify: bool = True,
     phase: PhaseHook | None = None,
 ) -> FlashResult:
-    """Write ``source`` to ``device`` (already checked by the caller), sync, verify."""
-    fd, size = open_exclusive(device)
+    """Write ``source`` to ``device`` (already checked by the caller) through ``held``,
+    the (fd, size) of ``safety.exclusive``, which the caller keeps open past its own last
+    write; sync, verify."""
+    fd, size = held
     writer = DeviceWriter(fd, size, device.node)
     try:
         started = time.monotonic()
@@ -121,8 +123,6 @@ def flash(
         raise FlashError(f"interrupted; {writer.state()}") from None
     except OSError as exc:
         raise FlashError(f"{exc.strerror or exc}; {writer.state()}") from exc
-    finally:
-        close_device(fd)
     return FlashResult(
         image=str(source.path),
         device=device.node,

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import fcntl
 import os
+from collections.abc import Iterator
 
 from fleet.errors import FlashError
 from fleet.flash.discovery import BlockDevice, human_size
@@ -20,9 +21,15 @@ _NEVER = {"ram": "a RAM disk", "optical": "an optical drive", "virtual": "a virt
 
 
 def check_target(
-    device: BlockDevice, image_size: int | None, *, allow_system: bool, unmount: bool
+    device: BlockDevice,
+    image_size: int | None,
+    *,
+    allow_system: bool | None,
+    unmount: bool | None,
 ) -> None:
-    """Raise FlashError when ``device`` must not receive an image of ``image_size``."""
+    """Raise FlashError when ``device`` must not receive an image of ``image_size``
+    (None: only settings are written, no image). ``allow_system`` and ``unmount`` are
+    None for a command that has no such option: the refusal then offers none."""
     untouched = f"{device.node} was not changed"
     if device.kind in _NEVER:
         raise FlashError(f"{device.node} is {_NEVER[device.kind]}, not a board or card")
@@ -31,10 +38,14 @@ def check_target(
     if device.size == 0:
         raise FlashError(f"{device.node} has no medium (size 0); {untouched}")
     if device.system and not allow_system:
+        how = (
+            "If you really mean it, pass --allow-system-drive and type its name when asked"
+            if allow_system is not None
+            else untouched
+        )
         raise FlashError(
             f"{device.node} is a system drive ({device.system_reason}); refusing to "
-            "overwrite it. If you really mean it, pass --allow-system-drive and type its "
-            "name when asked"
+            f"overwrite it. {how}"
         )
     if image_size is not None and device.size < image_size:
         raise FlashError(
@@ -46,9 +57,8 @@ def check_target(
         raise FlashError(f"{device.node} holds active swap ({', '.join(device.swap)}); {untouched}")
     if device.mounts and not unmount:
         where = "; ".join(f"{node} on {', '.join(t)}" for node, t in device.mounts.items())
-        raise FlashError(
-            f"{device.node} is mounted ({where}); unmount it or pass --unmount; {untouched}"
-        )
+        how = "unmount it or pass --unmount" if unmount is not None else "unmount it first"
+        raise FlashError(f"{device.node} is mounted ({where}); {how}; {untouched}")
 
 
 def unmount_all(device: BlockDevice) -> list[str]:
@@ -75,6 +85,18 @@ def open_exclusive(device: BlockDevice) -> tuple[int, int]:
         raise FlashError(f"cannot open {device.node}: {exc.strerror}; it was not changed") from exc
     size = os.lseek(fd, 0, os.SEEK_END)
     return fd, size
+
+
+@contextlib.contextmanager
+def exclusive(device: BlockDevice) -> Iterator[tuple[int, int]]:
+    """The device held with O_EXCL, as (fd, size), until the block ends: every write of
+    one command (the image, then the board's settings) happens inside it, so that no
+    automounter or other program can step in between them."""
+    fd, size = open_exclusive(device)
+    try:
+        yield fd, size
+    finally:
+        close_device(fd)
 
 
 def close_device(fd: int) -> None:

@@ -1,14 +1,24 @@
 """The settings written into, and read from, the ``fleet/`` folder of partition 1 (FAT)
-of a disk image or a whole-disk block device, through mtools."""
+of a disk image or a whole-disk block device, through mtools.
+
+A block device is held open with O_EXCL from before the first read of its partition
+table until after the last write has been synced (by the caller, when it already holds
+it, as ``fleet flash`` does from the image's first byte): the kernel then refuses a
+mount, an automounter or a second flasher in between. mtools opens the device without
+O_EXCL, so it still gets in."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from fleet.errors import UsageError
+from fleet.errors import FlashError, UsageError
 from fleet.provision.settings import Settings
 from fleet.run import run
 
@@ -38,9 +48,10 @@ def _mtools(tool: str, image: str, *args: str | Path, check: bool = True) -> boo
     return proc.returncode == 0
 
 
-def write(target: Path, settings: Settings) -> None:
+def write(target: Path, settings: Settings, *, held_fd: int | None = None) -> None:
     """Write ``settings`` into partition 1's ``fleet/`` folder of ``target`` (an image
-    file or a block device), replacing earlier settings of the same kind.
+    file or a block device), replacing earlier settings of the same kind. ``held_fd``:
+    the caller already holds the block device with O_EXCL (see the module's note).
 
     Every value was checked when ``settings`` was made, and everything is staged in a
     temporary folder first, so a bad input never leaves a card half-provisioned. FAT
@@ -51,8 +62,12 @@ def write(target: Path, settings: Settings) -> None:
     with tempfile.TemporaryDirectory(prefix="fleet-provision-") as tmp:
         stage = Path(tmp)
         singles = _stage(settings, stage)
-        _write_staged(target, settings, stage, singles)
-    _sync(target)
+        with _held(target, held_fd) as fd:
+            _write_staged(target, settings, stage, singles)
+            if fd is None:
+                _sync(target)
+            else:
+                os.fsync(fd)
 
 
 def _stage(settings: Settings, stage: Path) -> list[str]:
@@ -96,6 +111,27 @@ def _write_staged(target: Path, settings: Settings, stage: Path, singles: list[s
         _mtools("mren", image, "::/fleet/files.new", "::/fleet/files")
         if had_old:
             _mtools("mdeltree", image, "::/fleet/files.old")
+
+
+@contextlib.contextmanager
+def _held(target: Path, held_fd: int | None) -> Iterator[int | None]:
+    """The block device held with O_EXCL (the caller's fd, or one opened here); None
+    for an image file, which no automounter takes."""
+    if held_fd is not None or not stat.S_ISBLK(target.stat().st_mode):
+        yield held_fd
+        return
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            raise FlashError(
+                f"{target} is busy (mounted or held by another program); {target} was not changed"
+            ) from exc
+        raise FlashError(f"cannot open {target}: {exc.strerror}; it was not changed") from exc
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _sync(target: Path) -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from provision_disks import held_by_another_program, make_disk, only_line, sha
+from test_devices import root_disk
 
 from fleet import provision
 
@@ -18,7 +21,6 @@ pytestmark = pytest.mark.integration
 
 FLEET = str(Path(sys.executable).parent / "fleet")
 MiB = 1 << 20
-P1_START = 2048  # sectors
 
 
 def fleet(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -28,29 +30,6 @@ def fleet(*args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def make_disk(path: Path) -> Path:
-    """A small disk shaped like fleet's: FAT partition 1 (with boot state beside the
-    settings, which provisioning must keep), then a Linux partition."""
-    with open(path, "wb") as handle:
-        handle.truncate(24 * MiB)
-    subprocess.run(
-        ["sfdisk", "-q", str(path)],
-        input=f"label: dos\nstart={P1_START}, size={16 * 2048}, type=c\nsize=8192, type=83\n",
-        text=True, check=True,
-    )
-    subprocess.run(
-        ["mkfs.vfat", "-n", "FIRMWARE", "--offset", str(P1_START), str(path), str(16 * 1024)],
-        check=True, capture_output=True,
-    )
-    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-    image = f"{path}@@{P1_START * 512}"
-    subprocess.run(["mmd", "-i", image, "::/fleet"], check=True, env=env)
-    state = path.parent / "bootstate.txt"
-    state.write_text("fleet_default=A\n")
-    subprocess.run(["mcopy", "-i", image, state, "::/fleet/bootstate.txt"], check=True, env=env)
-    return path
-
-
 def ssh_key(folder: Path, name: str = "id") -> Path:
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@test", "-f",
@@ -58,11 +37,6 @@ def ssh_key(folder: Path, name: str = "id") -> Path:
         check=True,
     )
     return folder / f"{name}.pub"
-
-
-def sha(path: Path | str) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest()
 
 
 @pytest.fixture
@@ -278,3 +252,111 @@ def test_flash_refuses_bad_settings_before_writing(
     assert result.returncode == 2
     assert "not a valid hostname" in result.stderr
     assert sha(backing) == hashlib.sha256(bytes(64 * MiB)).hexdigest()
+
+
+# ---- block devices get fleet flash's safety (issue 10, item 9) ---------------------------
+
+
+@pytest.fixture
+def card(disk: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A loop device holding a flashed card (the fleet-shaped disk)."""
+    backing = tmp_path / "card.img"
+    backing.write_bytes(disk.read_bytes())
+    node = subprocess.run(
+        ["losetup", "--find", "--show", str(backing)], check=True, capture_output=True,
+        text=True,
+    ).stdout.strip()
+    yield node, backing
+    subprocess.run(["losetup", "-d", node], check=False)
+
+
+def test_provision_refuses_the_system_drive() -> None:
+    root = f"/dev/{root_disk()}"
+    result = fleet("provision", root, "--hostname", "kiosk-01")
+    assert result.returncode == 6, result.stderr
+    line = only_line(result.stderr)
+    assert line.startswith(f"fleet: error: {root} is a system drive (holds the root filesystem)")
+    assert f"{root} was not changed" in line
+
+
+def test_provision_refuses_a_device_held_by_another_program(card: tuple[str, Path]) -> None:
+    node, _ = card
+    before = sha(node)
+    with held_by_another_program(node):
+        result = fleet("provision", node, "--hostname", "kiosk-01")
+    assert result.returncode == 6, result.stderr
+    assert only_line(result.stderr) == (
+        f"fleet: error: {node} is busy (mounted or held by another program); "
+        f"{node} was not changed"
+    )
+    assert sha(node) == before
+
+
+def test_provision_refuses_a_mounted_device(tmp_path: Path, loop_device: tuple[str, Path]) -> None:
+    node, _ = loop_device
+    subprocess.run(["mkfs.ext4", "-q", "-F", node], check=True)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", node, str(mnt)], check=True)
+    try:
+        before = sha(node)
+        result = fleet("provision", node, "--hostname", "kiosk-01")
+        assert result.returncode == 6, result.stderr
+        line = only_line(result.stderr)
+        assert f"{node} is mounted ({node} on {mnt})" in line and "not changed" in line
+        assert sha(node) == before
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def excl_probe(folder: Path, node: str) -> tuple[dict[str, str], Path]:
+    """An ``mcopy`` first on PATH that, each time provisioning runs it, tries what an
+    automounter would (open the device exclusively), notes whether it got in, then runs
+    the real mcopy."""
+    shim = folder / "shim"
+    shim.mkdir()
+    seen = folder / "seen.txt"
+    real = shutil.which("mcopy")
+    (shim / "mcopy").write_text(
+        f"#!{sys.executable}\n"
+        "import errno, os, sys\n"
+        "try:\n"
+        f"    os.close(os.open({node!r}, os.O_RDONLY | os.O_EXCL))\n"
+        "    state = 'got in'\n"
+        "except OSError as exc:\n"
+        "    state = 'busy' if exc.errno == errno.EBUSY else exc.strerror\n"
+        f"open({str(seen)!r}, 'a').write(state + '\\n')\n"
+        f"os.execv({real!r}, [{real!r}, *sys.argv[1:]])\n"
+    )
+    (shim / "mcopy").chmod(0o755)
+    return {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"}, seen
+
+
+@pytest.mark.parametrize("command", ["provision", "flash"])
+def test_device_stays_held_until_the_last_settings_write(
+    disk: Path, tmp_path: Path, card: tuple[str, Path], command: str
+) -> None:
+    node, _ = card
+    env, seen = excl_probe(tmp_path, node)
+    args = ["provision", node] if command == "provision" else ["flash", disk, "-d", node, "--yes"]
+    result = subprocess.run(
+        [FLEET, *map(str, args), "--hostname", "card-9", "--network", "dhcp"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert seen.read_text().splitlines() == ["busy", "busy"]  # hostname, network
+    assert provision.read(Path(node), "fleet/hostname") == b"card-9\n"
+
+
+def test_regular_image_file_needs_no_exclusive_hold(disk: Path) -> None:
+    """An image file is not a device: another program reading it does not stop fleet."""
+    with open(disk, "rb"):
+        result = fleet("provision", disk, "--hostname", "kiosk-01")
+    assert result.returncode == 0, result.stderr
+
+
+def test_file_name_with_markup_is_printed_as_it_is(disk: Path) -> None:
+    odd = disk.rename(disk.with_name("disk[green]:smile:.img"))  # no '/' in a file name
+    result = fleet("provision", odd, "--hostname", "kiosk-01")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"provisioned {odd}: hostname kiosk-01\n"
