@@ -60,6 +60,7 @@ def build(work: Path, key: Path, number: int) -> Path:
                 str(out),
                 "--key",
                 str(key),
+                "--dev",  # the peer's plain copy needs the lab's shell key
             ],
             check=True,
             capture_output=True,
@@ -140,7 +141,7 @@ def main() -> None:
         manifest = load_manifest(v2 / "release")
         plain_bytes = 0
         started = time.monotonic()
-        with target.connect() as session:
+        with lab.session(lab.get(BOARD)) as session:
             for payload, dev in zip(manifest.payloads, ("/dev/vda2", "/dev/vda5"), strict=True):
                 with open(v2 / "release" / payload.file, "rb") as handle:
                     answer = session.upload_stream(f"cat > {dev}", handle, payload.size)

@@ -33,6 +33,9 @@ class Health:
     # A trial fails at once when the app has exited this many times before its first
     # passing check, instead of waiting out the timeout (0: only the timeout decides).
     max_exits: int
+    # Each check gets this long (and never past the trial's deadline): a check that hangs
+    # counts as failed instead of holding the trial open.
+    check_timeout_s: int = 10
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ def load_project(folder: Path) -> Project:
             command=health.opt_str("command"),
             timeout_s=health.int("timeout", default=60, minimum=1),
             max_exits=health.int("max_exits", default=3, minimum=0),
+            check_timeout_s=health.int("check_timeout", default=10, minimum=1),
         ),
         packages=tuple(top.str_list("packages", default=[])),
     )

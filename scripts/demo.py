@@ -60,6 +60,8 @@ def build(title: str, app: Path, out: str) -> Path:
         WORK / out,
         "--key",
         WORK / "keys" / "release.sec",
+        # A development image, so that `fleet lab ssh demo` gets a shell afterwards.
+        "--dev",
     )
     return WORK / out / "release"
 

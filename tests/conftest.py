@@ -105,10 +105,11 @@ def release_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def hello_virt(tmp_path_factory: pytest.TempPathFactory, release_key: tuple[Path, Path]) -> Built:
-    """examples/hello-c built and signed for qemu-virt-arm64."""
+    """examples/hello-c built and signed for qemu-virt-arm64, as a development image (the
+    lab's shell key gets in, so tests can look around on the board)."""
     base = tmp_path_factory.mktemp("hello-virt")
     app = copy_example("hello-c", base / "app")
     out = base / "out"
     fleet("build", "--board", "qemu-virt-arm64", "--project", app, "--out", out,
-          "--key", release_key[0])
+          "--key", release_key[0], "--dev")
     return Built(app, out, *release_key)

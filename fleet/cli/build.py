@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -34,6 +35,20 @@ def build(
     host: bool = typer.Option(
         False, "--host", help="Build only the app, for this machine, to test it natively."
     ),
+    development: bool = typer.Option(
+        False,
+        "--dev",
+        help="A development image: besides the agent's key, boards also let in shell keys "
+        "(fleet lab ssh). Production images (the default) carry no way to a shell.",
+    ),
+    release_number: int | None = typer.Option(
+        None,
+        "--release-number",
+        min=1,
+        help="Build as this release number instead of fleet.toml's. Boards refuse every "
+        "release not above their floor, so going back to an older app is building its "
+        "sources again with a number above the fleet's newest release.",
+    ),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Cross-build the app for a board and make its release and disk image.
@@ -42,8 +57,13 @@ def build(
     OUT/disk.img.bmap for flashing, and OUT/sbom.spdx.json + OUT/report.txt. Debian
     package versions are pinned in fleet.lock beside fleet.toml; rebuilding with the same
     inputs gives the same bytes.
+
+    To go back to an older app version: check out its sources and build them with
+    `--release-number N` above the newest release the boards have committed.
     """
     project = load_project(project_dir)
+    if release_number is not None:
+        project = dataclasses.replace(project, release_number=release_number)
     if host:
         from fleet.image.app import build_app
 
@@ -66,7 +86,9 @@ def build(
             if not progress.console.is_terminal:
                 note(f"build: {name}")
 
-        result = run_build(project, profile, out_dir, key=key, trust=trust, step=step)
+        result = run_build(
+            project, profile, out_dir, key=key, trust=trust, development=development, step=step
+        )
         progress.update(task, completed=len(STEPS), description="build: done")
     seconds = time.monotonic() - started
     sizes = {p.name: p.size for p in result.manifest.payloads}

@@ -47,6 +47,7 @@ def _info(board: Board) -> dict[str, Any]:
         "console_socket": str(board.console_socket),
         "state_dir": str(board.state_dir),
         "key": str(board.key_path),
+        "shell_key": str(board.shell_key_path),
         "known_hosts": str(board.known_hosts_path),
     }
 
@@ -164,7 +165,9 @@ def ssh_(
 ) -> None:
     """Open a shell on the board as root, or run `-- CMD ...` and exit with its status.
 
-    Uses the lab's key and known_hosts with strict host key checking.
+    Uses the lab's shell key and known_hosts with strict host key checking. Only a
+    development image (fleet build --dev) lets the shell key in; on a production image
+    the lab's keys may run only the agent's verbs (fleet status, fleet update).
     """
     board = lab.get(name)
     if board.running_pid() is None:
@@ -172,7 +175,7 @@ def ssh_(
     argv: list[str] = [
         "ssh",
         "-i",
-        str(board.key_path),
+        str(board.shell_key_path),
         "-o",
         "IdentitiesOnly=yes",
         "-o",

@@ -56,3 +56,27 @@ def build_verity_helper(arch: str, work: Path, epoch: int) -> Path:
         env={"SOURCE_DATE_EPOCH": str(epoch), "LC_ALL": "C"},
     )
     return out
+
+
+def build_fleet_tool(arch: str, work: Path, epoch: int) -> Path:
+    """``fleet-tool`` for ``arch``: the agent's lock and the app's unprivileged runner
+    (fleet/device/fleet-tool.c), linked against the image's C library."""
+    target = target_for(arch)
+    out = work / "fleet-tool"
+    run(
+        [
+            target.cc,
+            "-O2",
+            "-s",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            f"-ffile-prefix-map={DEVICE_DIR}=.",
+            "-Wl,--build-id=none",
+            "-o",
+            out,
+            DEVICE_DIR / "fleet-tool.c",
+        ],
+        env={"SOURCE_DATE_EPOCH": str(epoch), "LC_ALL": "C"},
+    )
+    return out

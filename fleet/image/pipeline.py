@@ -68,6 +68,7 @@ def build(
     *,
     key: Path | None = None,
     trust: Path | None = None,
+    development: bool = False,
     step: Callable[[str], None] = lambda name: None,
 ) -> BuildResult:
     """Build the release and disk image into ``out``.
@@ -75,6 +76,7 @@ def build(
     ``key`` signs the release. ``trust`` (a trust folder or one public key) is what the
     image's board will trust; without it the board trusts ``key``'s public key, and
     with neither it trusts nothing and refuses every update until re-flashed.
+    ``development`` makes an image that also takes shell keys (see rootfs.assemble).
     """
     mtime = epoch()
     out = out.resolve()
@@ -120,7 +122,10 @@ def build(
         project.release_number,
         _board_trust(key, trust),
         kernel_package=kernel_pkg[0],
+        development=development,
     )
+    tool = device_tools.build_fleet_tool(profile.arch, work, mtime)
+    staged.add_file("usr/sbin/fleet-tool", tool, "fleet", 0o755)
     if profile.boot_method == "rpi-tryboot":
         helper = device_tools.build_reboot_helper(profile.arch, work, mtime)
         staged.add_file("usr/sbin/fleet-reboot", helper, "fleet", 0o755)
@@ -157,7 +162,7 @@ def build(
         health=Health(
             project.health.http, project.health.command, project.port, project.health.timeout_s
         ),
-        inputs=_inputs(project, profile, debs),
+        inputs={**_inputs(project, profile, debs), "development": development},
         verity=root_verity,
     )
     write_manifest(release_tmp, manifest)

@@ -27,6 +27,8 @@ BASE_PROGRAMS = {
     "signify-openbsd": ["bin/signify-openbsd"],
 }
 BASE_PACKAGES = tuple(BASE_PROGRAMS)
+# The app and its health check run as this user (fleet-tool as-user), never as root.
+APP_UID = 1000
 
 # The busybox applets fleet's scripts and a person at the console use. A read-only
 # root cannot run `busybox --install` at boot, so the links are made here.
@@ -205,9 +207,12 @@ def assemble(
     release_number: int,
     trust: BoardTrust,
     kernel_package: str,
+    development: bool = False,
 ) -> Staged:
     """Fill ``staging`` with the root filesystem. ``packages`` maps a package name to its
-    extracted files; ``modules`` are the system's kernel modules, dependencies first."""
+    extracted files; ``modules`` are the system's kernel modules, dependencies first.
+    A ``development`` image also lets the shell keys of partition 1 in (fleet lab ssh);
+    a production one carries no way to a shell."""
     if staging.exists():
         shutil.rmtree(staging)
     staged = Staged(staging)
@@ -260,7 +265,7 @@ def assemble(
         module_lines.append(f"{kernel.version}/{module.relative_to(kernel.modules_root)}")
     staged.add_bytes("etc/fleet/modules", ("\n".join(module_lines) + "\n").encode(), "fleet")
 
-    _add_system_files(staged, profile, project, release_number)
+    _add_system_files(staged, profile, project, release_number, development)
     # The board's own trust, pinned in its read-only root: it verifies every release
     # itself, whatever the host did or did not check.
     for keyid, pub in sorted(trust.keys.items()):
@@ -372,7 +377,11 @@ def _copy_with_links(staged: Staged, sysroot: Path, rel: str, owner: dict[str, s
 
 
 def _add_system_files(
-    staged: Staged, profile: BoardProfile, project: Project, release_number: int
+    staged: Staged,
+    profile: BoardProfile,
+    project: Project,
+    release_number: int,
+    development: bool,
 ) -> None:
     for name in (
         "rc.sysinit",
@@ -383,13 +392,17 @@ def _add_system_files(
         "net-up",
         "udhcpc.script",
         "agent",
+        "agent-ssh",
     ):
         staged.add_file(f"etc/fleet/{name}", DEVICE_DIR / name, "fleet", 0o755)
     staged.add_file("etc/inittab", DEVICE_DIR / "inittab", "fleet", 0o644)
     staged.add_link("sbin/init", "/bin/busybox", "busybox-static")
-    staged.add_bytes("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", "fleet")
-    staged.add_bytes("etc/group", b"root:x:0:\ntty:x:5:\n", "fleet")
-    staged.add_bytes("etc/shadow", b"root:*:19000:0:99999:7:::\n", "fleet", 0o600)
+    app_user = f"app:x:{APP_UID}:{APP_UID}:the app:/data/app:/bin/false\n"
+    staged.add_bytes("etc/passwd", f"root:x:0:0:root:/root:/bin/sh\n{app_user}".encode(), "fleet")
+    staged.add_bytes("etc/group", f"root:x:0:\ntty:x:5:\napp:x:{APP_UID}:\n".encode(), "fleet")
+    staged.add_bytes(
+        "etc/shadow", b"root:*:19000:0:99999:7:::\napp:*:19000:0:99999:7:::\n", "fleet", 0o600
+    )
     staged.add_bytes("etc/shells", b"/bin/sh\n", "fleet")
     storage = profile.storage
     staged.add_bytes(
@@ -403,6 +416,7 @@ def _add_system_files(
                 "FLEET_DATA_DEV": storage.partition(7),
                 "FLEET_NET_IF": profile.network.interface,
                 "FLEET_WATCHDOG": profile.watchdog_module or "",
+                "FLEET_SHELL_KEYS": "yes" if development else "no",
             }
         ),
         "fleet",
@@ -421,6 +435,8 @@ def _add_system_files(
                 "FLEET_HEALTH_COMMAND": health.command or "",
                 "FLEET_HEALTH_TIMEOUT": str(health.timeout_s),
                 "FLEET_HEALTH_MAX_EXITS": str(health.max_exits),
+                "FLEET_HEALTH_CHECK_TIMEOUT": str(health.check_timeout_s),
+                "FLEET_APP_UID": str(APP_UID),
             }
         ),
         "fleet",

@@ -62,13 +62,14 @@ def wait_until_up(board: Board, since: int, timeout: float = 120.0, note: Note =
 
 
 def session(board: Board, timeout: float = 10.0) -> ssh.Session:
-    """An SSH session to the board as root with the lab's key; its host key must be the
-    one pinned when the board first came up."""
+    """A root shell session on the board with the lab's shell key (a development image
+    lets it in; a production one does not); its host key must be the one pinned when
+    the board first came up."""
     return ssh.Session.connect(
         "127.0.0.1",
         board.ssh_port,
         "root",
-        board.key_path,
+        board.shell_key_path,
         board.known_hosts_path,
         trust_new=False,
         timeout=timeout,
@@ -146,6 +147,7 @@ def _flash(
     """Copy and provision the disk; return the board record (not yet saved)."""
     assert profile.qemu is not None
     public_key = ensure_client_key(root / "id_ed25519")
+    shell_key = ensure_client_key(root / "shell_ed25519", "fleet-lab-shell")
 
     if in_place:
         target = source
@@ -153,8 +155,10 @@ def _flash(
         target = state_dir / "disk.img"
         note(f"{name}: copying {source} to {target}")
         disk.copy_sparse(source, target)
-    # The lab's own key is always allowed in, so the lab can reach what it boots.
-    provision.write(target, provision.with_defaults(settings, name, [public_key.strip()]))
+    # The lab's own keys are always allowed in, so the lab can reach what it boots: the
+    # agent's key (updates, status) and the shell key (fleet lab ssh, development images).
+    allowed = provision.with_defaults(settings, name, [public_key.strip()])
+    provision.write(target, replace(allowed, shell_keys=(shell_key.strip(),)))
 
     ssh_port = free_loopback_port()
     http_port = free_loopback_port({ssh_port})

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleet import atomic
 
 
-def ensure_client_key(key_path: Path) -> str:
+def ensure_client_key(key_path: Path, comment: str = "fleet-lab") -> str:
     """Create the ed25519 key pair at ``key_path`` (+ ``.pub``) if missing; return the
     public key line in authorized_keys format."""
     pub_path = key_path.with_name(key_path.name + ".pub")
@@ -26,7 +26,7 @@ def ensure_client_key(key_path: Path) -> str:
     public = private.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
-    line = public.decode() + " fleet-lab"
+    line = f"{public.decode()} {comment}"
     # The private half first: a .pub without its private key would be taken as complete.
     atomic.write_bytes(key_path, pem, mode=0o600)
     atomic.write_text(pub_path, line + "\n", mode=0o644)

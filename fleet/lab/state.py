@@ -85,7 +85,13 @@ class Board:
 
     @property
     def key_path(self) -> Path:
+        """The agent's key: on the board it may run only the agent's verbs."""
         return self.root / "id_ed25519"
+
+    @property
+    def shell_key_path(self) -> Path:
+        """The shell key: a development image (fleet build --dev) lets it in as root."""
+        return self.root / "shell_ed25519"
 
     @property
     def known_hosts_path(self) -> Path:

@@ -77,6 +77,8 @@ def _stage(settings: Settings, stage: Path) -> list[str]:
         singles["hostname"] = settings.hostname + "\n"
     if settings.authorized_keys:
         singles["authorized_keys"] = "\n".join(settings.authorized_keys) + "\n"
+    if settings.shell_keys:
+        singles["shell_keys"] = "\n".join(settings.shell_keys) + "\n"
     if settings.network is not None:
         singles["network"] = settings.network.render()
     if settings.recreate_data:

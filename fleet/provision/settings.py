@@ -30,6 +30,9 @@ class Settings:
     files: tuple[ConfigFile, ...] | None = None  # None: leave the board's config alone
     recreate_data: bool = False
     serial: str | None = None  # only used to find a board in a settings file
+    # Keys a development image lets in to a shell (the lab's); every authorized key may
+    # run only the agent's verbs, and a production image ignores these.
+    shell_keys: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         return {

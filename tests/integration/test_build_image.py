@@ -76,7 +76,7 @@ def test_rootfs_is_just_enough_os(hello_virt: Built) -> None:
 def test_rebuild_gives_identical_bytes(hello_virt: Built, tmp_path: Path) -> None:
     second = tmp_path / "again"
     fleet("build", "--board", "qemu-virt-arm64", "--project", hello_virt.app, "--out", second,
-          "--key", hello_virt.key)
+          "--key", hello_virt.key, "--dev")
     for name in ("release/manifest.json", "release/boot.vfat", "release/rootfs.squashfs",
                  "disk.img", "disk.img.bmap", "sbom.spdx.json", "report.txt"):
         assert sha256(hello_virt.out / name) == sha256(second / name), name
@@ -89,7 +89,7 @@ def test_rebuild_needs_no_network_once_cached(hello_virt: Built, tmp_path: Path)
     # An archive nobody answers at: a build that tried to download would fail.
     offline = {"FLEET_DEBIAN_SOURCES": "deb http://127.0.0.1:9/debian bookworm main"}
     fleet("build", "--board", "qemu-virt-arm64", "--project", hello_virt.app,
-          "--out", tmp_path / "offline", "--key", hello_virt.key, env=offline)
+          "--out", tmp_path / "offline", "--key", hello_virt.key, "--dev", env=offline)
     assert sha256(tmp_path / "offline" / "disk.img") == sha256(hello_virt.disk)
 
 

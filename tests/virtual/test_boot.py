@@ -46,7 +46,7 @@ def build_copy(
     base = tmp_path_factory.mktemp(f"{example}-{board}")
     app = copy_example(example, base / "app", lock_from=hello_virt.app)
     fleet("build", "--board", board, "--project", app, "--out", base / "out",
-          "--key", hello_virt.key)
+          "--key", hello_virt.key, "--dev")
     return base / "out" / "disk.img"
 
 

@@ -135,7 +135,7 @@ def test_data_and_identity_survive_an_update(
         "hello-c", base / "app", version="2.0.0", release=2, lock_from=two_boards.app
     )
     fleet("build", "--board", "qemu-virt-arm64", "--project", app, "--out", base / "out",
-          "--key", two_boards.key)
+          "--key", two_boards.key, "--dev")
     name = "id-a"
     before = fingerprint(name)
     sh(name, "echo 'order 43' >> /data/app/update-records.txt && sync")

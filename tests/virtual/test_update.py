@@ -69,7 +69,8 @@ def _build(
         edits=edits,
     )
     out = base / f"out{number}"
-    fleet("build", "--board", "qemu-virt-arm64", "--project", app, "--out", out, "--key", key)
+    fleet("build", "--board", "qemu-virt-arm64", "--project", app, "--out", out, "--key", key,
+          "--dev")
     return out / "release"
 
 

@@ -1,0 +1,224 @@
+"""The on-board agent run as a board runs it, on this machine.
+
+A folder tree laid out as the image's root: the host's static busybox (Debian's
+busybox-static, the package the image takes) with the image's own applet links
+(fleet.image.rootfs.APPLETS), signify-openbsd and fleet-tool with their libraries, and
+fleet's device files at their image paths. The agent runs in it through chroot, with
+the paths it ships with: nothing in the agent points it elsewhere.
+
+The board's slot partitions are real loop devices (nodes made in the tree's /dev);
+partition 1 is a tmpfs mounted read-only, which the agent remounts read-write as it does
+on the board (this host's kernel has no vfat); /proc is a folder holding the few files
+the agent reads (cmdline, the firmware's device tree cells, uptime, boot_id, mounts).
+The edges a host has not got are the test's own files in the tree: /sbin/reboot,
+/usr/sbin/fleet-reboot and /etc/fleet/rc.shutdown record what they were asked to do.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+from fleet.image.rootfs import APPLETS, APP_UID, SBIN_APPLETS, shell_env
+
+REPO = Path(__file__).resolve().parent.parent
+DEVICE = REPO / "fleet" / "device"
+BUSYBOX = Path("/bin/busybox")
+SIGNIFY = shutil.which("signify-openbsd")
+CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
+SLOT_PARTS = (2, 3, 5, 6)
+
+
+def available() -> bool:
+    return (
+        os.geteuid() == 0
+        and BUSYBOX.is_file()
+        and SIGNIFY is not None
+        and shutil.which("gcc") is not None
+        and shutil.which("losetup") is not None
+    )
+
+
+def _libraries(program: str) -> list[Path]:
+    out = subprocess.run(["ldd", program], capture_output=True, text=True, check=False).stdout
+    found = []
+    for line in out.splitlines():
+        for word in line.split():
+            if word.startswith("/") and Path(word).exists():
+                found.append(Path(word))
+    return found
+
+
+def _copy_in(root: Path, source: Path, mode: int = 0o755) -> None:
+    target = root / str(source).lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source.resolve(), target)
+    os.chmod(target, mode)
+
+
+def _stub(path: Path, record: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'#!/bin/sh\necho "{record} $*" >> /reboots\n')
+    path.chmod(0o755)
+
+
+class AgentTree:
+    """One board: ``boot_method`` uboot-ab (disk /dev/vda) or rpi-tryboot (/dev/mmcblk0p)."""
+
+    def __init__(
+        self,
+        root: Path,
+        pubkeys: list[Path],
+        *,
+        board: str = "qemu-virt-arm64",
+        boot_method: str = "uboot-ab",
+        part_mib: int = 2,
+    ) -> None:
+        self.root = root
+        self.boot_method = boot_method
+        disk = "/dev/mmcblk0p" if boot_method == "rpi-tryboot" else "/dev/vda"
+        self.disk = disk
+        self.loops: dict[int, str] = {}
+        self.mounted = False
+        for rel in ("bin", "sbin", "usr/bin", "usr/sbin", "etc/fleet/keys", "run", "tmp",
+                    "data", "dev", "boot/firmware", "proc/sys/kernel/random",
+                    "proc/device-tree/chosen/bootloader", "parts"):
+            (root / rel).mkdir(parents=True, exist_ok=True)
+        _copy_in(root, BUSYBOX)
+        for applet in APPLETS:
+            folder = "sbin" if applet in SBIN_APPLETS else "bin"
+            link = root / folder / applet
+            if not link.exists():
+                link.symlink_to("/bin/busybox")
+        assert SIGNIFY is not None
+        _copy_in(root, Path(SIGNIFY))
+        (root / "bin" / "signify-openbsd").unlink(missing_ok=True)
+        if Path(SIGNIFY) != Path("/bin/signify-openbsd"):
+            (root / "bin" / "signify-openbsd").symlink_to(SIGNIFY)
+        tool = root / "usr/sbin/fleet-tool"
+        subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(tool),
+                        str(DEVICE / "fleet-tool.c")], check=True)
+        for lib in {*_libraries(SIGNIFY), *_libraries(str(tool))}:
+            _copy_in(root, lib)
+        # The board's remote-control edges: recorded, not taken.
+        (root / "sbin" / "reboot").unlink()
+        _stub(root / "sbin" / "reboot", "reboot")
+        _stub(root / "usr/sbin/fleet-reboot", "fleet-reboot")
+        _stub(root / "etc/fleet/rc.shutdown", "shutdown")
+
+        etc = root / "etc/fleet"
+        for name, dest in (("agent", "agent"), ("agent-ssh", "agent-ssh"),
+                           ("verify-release.sh", "verify-release")):
+            shutil.copyfile(DEVICE / name, etc / dest)
+            (etc / dest).chmod(0o755)
+        for pub in pubkeys:
+            shutil.copyfile(pub, etc / "keys" / pub.name)
+        (etc / "revoked").write_text("")
+        (etc / "threshold").write_text("1\n")
+        (etc / "board.env").write_bytes(shell_env({
+            "FLEET_BOARD": board,
+            "FLEET_BOOT_METHOD": boot_method,
+            "FLEET_FIRMWARE_DEV": f"{disk}1",
+            "FLEET_DATA_DEV": f"{disk}7",
+            "FLEET_SHELL_KEYS": "no",
+        }))
+        self.set_app("1.0.0", 1)
+        (root / "etc/passwd").write_text(f"root:x:0:0::/root:/bin/sh\napp:x:{APP_UID}:{APP_UID}::/data/app:/bin/false\n")
+        (root / "proc/uptime").write_text("100.00 50.00\n")
+        (root / "proc/mounts").write_text("tmpfs /boot/firmware tmpfs ro 0 0\n")
+        self.set_boot_id("00000000-0000-0000-0000-000000000001")
+        self.set_cmdline("console=ttyAMA0 fleet.slot=A")
+        self.set_device_tree(2, False)
+        try:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=16m,mode=0755", "tmpfs",
+                            str(root / "boot/firmware")], check=True)
+            self.mounted = True
+            for name, minor in (("null", 3), ("zero", 5)):
+                os.mknod(root / "dev" / name, stat.S_IFCHR | 0o666, os.makedev(1, minor))
+            for number in SLOT_PARTS:
+                backing = root / "parts" / f"p{number}.img"
+                with backing.open("wb") as handle:
+                    handle.truncate(part_mib << 20)
+                loop = subprocess.run(["losetup", "--find", "--show", str(backing)],
+                                      capture_output=True, text=True, check=True).stdout.strip()
+                self.loops[number] = loop
+                rdev = os.stat(loop).st_rdev
+                os.mknod(root / f"dev/{Path(disk).name}{number}", stat.S_IFBLK | 0o600, rdev)
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- what the board's kernel and firmware tell the agent ------------------------
+    def set_app(self, version: str, release: int, timeout: int = 60) -> None:
+        (self.root / "etc/fleet/app.env").write_bytes(shell_env({
+            "FLEET_APP_NAME": "hello",
+            "FLEET_APP_VERSION": version,
+            "FLEET_RELEASE": str(release),
+            "FLEET_HEALTH_TIMEOUT": str(timeout),
+            "FLEET_APP_UID": str(APP_UID),
+        }))
+
+    def set_cmdline(self, text: str) -> None:
+        (self.root / "proc/cmdline").write_text(text + "\n")
+
+    def set_boot_id(self, text: str) -> None:
+        (self.root / "proc/sys/kernel/random/boot_id").write_text(text + "\n")
+
+    def set_device_tree(self, partition: int, tryboot: bool) -> None:
+        cells = self.root / "proc/device-tree/chosen/bootloader"
+        (cells / "partition").write_bytes(partition.to_bytes(4, "big"))
+        (cells / "tryboot").write_bytes(int(tryboot).to_bytes(4, "big"))
+
+    # ---- running it -----------------------------------------------------------------
+    def run(self, *args: str, data: bytes | None = None, program: str = "/etc/fleet/agent",
+            env: dict[str, str] | None = None, timeout: float = 60
+            ) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [CHROOT, str(self.root), "/bin/sh", program, *args],
+            input=data, capture_output=True, env={"PATH": "/bin", **(env or {})},
+            timeout=timeout, check=False,
+        )
+
+    def agent(self, *args: str, data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        return self.run(*args, data=data)
+
+    def partition(self, number: int) -> bytes:
+        return (self.root / "parts" / f"p{number}.img").read_bytes()
+
+    @property
+    def firmware(self) -> Path:
+        return self.root / "boot/firmware"
+
+    def reboots(self, wait: float = 5.0) -> list[str]:
+        """What the agent asked of the reboot edges; waits for its background request."""
+        path = self.root / "reboots"
+        deadline = time.monotonic() + wait
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.05)  # the last stub of a chain (shutdown, then reboot)
+        lines = path.read_text().splitlines() if path.exists() else []
+        path.unlink(missing_ok=True)
+        return lines
+
+    def files_outside_incoming(self) -> dict[str, bytes]:
+        """Every file of the tree but the agent's scratch folders, by path (for checking
+        that a refused upload touched nothing)."""
+        found: dict[str, bytes] = {}
+        for path in sorted(self.root.rglob("*")):
+            rel = str(path.relative_to(self.root))
+            if rel.startswith(("run/", "proc/", "parts/", "dev/")) or path.is_dir() or path.is_symlink():
+                continue
+            found[rel] = path.read_bytes()
+        return found
+
+    def close(self) -> None:
+        for loop in self.loops.values():
+            subprocess.run(["losetup", "-d", loop], check=False)
+        self.loops.clear()
+        if self.mounted:
+            subprocess.run(["umount", str(self.root / "boot/firmware")], check=False)
+            self.mounted = False
