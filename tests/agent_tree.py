@@ -23,7 +23,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from fleet.image.rootfs import APPLETS, APP_UID, SBIN_APPLETS, shell_env
+from fleet.image.rootfs import APP_UID, APPLETS, SBIN_APPLETS, shell_env
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICE = REPO / "fleet" / "device"
@@ -84,9 +84,21 @@ class AgentTree:
         self.disk = disk
         self.loops: dict[int, str] = {}
         self.mounted = False
-        for rel in ("bin", "sbin", "usr/bin", "usr/sbin", "etc/fleet/keys", "run", "tmp",
-                    "data", "dev", "boot/firmware", "proc/sys/kernel/random",
-                    "proc/device-tree/chosen/bootloader", "parts"):
+        for rel in (
+            "bin",
+            "sbin",
+            "usr/bin",
+            "usr/sbin",
+            "etc/fleet/keys",
+            "run",
+            "tmp",
+            "data",
+            "dev",
+            "boot/firmware",
+            "proc/sys/kernel/random",
+            "proc/device-tree/chosen/bootloader",
+            "parts",
+        ):
             (root / rel).mkdir(parents=True, exist_ok=True)
         _copy_in(root, BUSYBOX)
         for applet in APPLETS:
@@ -100,8 +112,10 @@ class AgentTree:
         if Path(SIGNIFY) != Path("/bin/signify-openbsd"):
             (root / "bin" / "signify-openbsd").symlink_to(SIGNIFY)
         tool = root / "usr/sbin/fleet-tool"
-        subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(tool),
-                        str(DEVICE / "fleet-tool.c")], check=True)
+        subprocess.run(
+            ["gcc", "-O2", "-Wall", "-Werror", "-o", str(tool), str(DEVICE / "fleet-tool.c")],
+            check=True,
+        )
         for lib in {*_libraries(SIGNIFY), *_libraries(str(tool))}:
             _copy_in(root, lib)
         # The board's remote-control edges: recorded, not taken.
@@ -111,31 +125,50 @@ class AgentTree:
         _stub(root / "etc/fleet/rc.shutdown", "shutdown")
 
         etc = root / "etc/fleet"
-        for name, dest in (("agent", "agent"), ("agent-ssh", "agent-ssh"),
-                           ("verify-release.sh", "verify-release")):
+        for name, dest in (
+            ("agent", "agent"),
+            ("agent-ssh", "agent-ssh"),
+            ("verify-release.sh", "verify-release"),
+        ):
             shutil.copyfile(DEVICE / name, etc / dest)
             (etc / dest).chmod(0o755)
         for pub in pubkeys:
             shutil.copyfile(pub, etc / "keys" / pub.name)
         (etc / "revoked").write_text("")
         (etc / "threshold").write_text("1\n")
-        (etc / "board.env").write_bytes(shell_env({
-            "FLEET_BOARD": board,
-            "FLEET_BOOT_METHOD": boot_method,
-            "FLEET_FIRMWARE_DEV": f"{disk}1",
-            "FLEET_DATA_DEV": f"{disk}7",
-            "FLEET_SHELL_KEYS": "no",
-        }))
+        (etc / "board.env").write_bytes(
+            shell_env(
+                {
+                    "FLEET_BOARD": board,
+                    "FLEET_BOOT_METHOD": boot_method,
+                    "FLEET_FIRMWARE_DEV": f"{disk}1",
+                    "FLEET_DATA_DEV": f"{disk}7",
+                    "FLEET_SHELL_KEYS": "no",
+                }
+            )
+        )
         self.set_app("1.0.0", 1)
-        (root / "etc/passwd").write_text(f"root:x:0:0::/root:/bin/sh\napp:x:{APP_UID}:{APP_UID}::/data/app:/bin/false\n")
+        (root / "etc/passwd").write_text(
+            f"root:x:0:0::/root:/bin/sh\napp:x:{APP_UID}:{APP_UID}::/data/app:/bin/false\n"
+        )
         (root / "proc/uptime").write_text("100.00 50.00\n")
         (root / "proc/mounts").write_text("tmpfs /boot/firmware tmpfs ro 0 0\n")
         self.set_boot_id("00000000-0000-0000-0000-000000000001")
         self.set_cmdline("console=ttyAMA0 fleet.slot=A")
         self.set_device_tree(2, False)
         try:
-            subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=16m,mode=0755", "tmpfs",
-                            str(root / "boot/firmware")], check=True)
+            subprocess.run(
+                [
+                    "mount",
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    "ro,size=16m,mode=0755",
+                    "tmpfs",
+                    str(root / "boot/firmware"),
+                ],
+                check=True,
+            )
             self.mounted = True
             for name, minor in (("null", 3), ("zero", 5)):
                 os.mknod(root / "dev" / name, stat.S_IFCHR | 0o666, os.makedev(1, minor))
@@ -143,8 +176,12 @@ class AgentTree:
                 backing = root / "parts" / f"p{number}.img"
                 with backing.open("wb") as handle:
                     handle.truncate(part_mib << 20)
-                loop = subprocess.run(["losetup", "--find", "--show", str(backing)],
-                                      capture_output=True, text=True, check=True).stdout.strip()
+                loop = subprocess.run(
+                    ["losetup", "--find", "--show", str(backing)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout.strip()
                 self.loops[number] = loop
                 rdev = os.stat(loop).st_rdev
                 os.mknod(root / f"dev/{Path(disk).name}{number}", stat.S_IFBLK | 0o600, rdev)
@@ -154,13 +191,17 @@ class AgentTree:
 
     # ---- what the board's kernel and firmware tell the agent ------------------------
     def set_app(self, version: str, release: int, timeout: int = 60) -> None:
-        (self.root / "etc/fleet/app.env").write_bytes(shell_env({
-            "FLEET_APP_NAME": "hello",
-            "FLEET_APP_VERSION": version,
-            "FLEET_RELEASE": str(release),
-            "FLEET_HEALTH_TIMEOUT": str(timeout),
-            "FLEET_APP_UID": str(APP_UID),
-        }))
+        (self.root / "etc/fleet/app.env").write_bytes(
+            shell_env(
+                {
+                    "FLEET_APP_NAME": "hello",
+                    "FLEET_APP_VERSION": version,
+                    "FLEET_RELEASE": str(release),
+                    "FLEET_HEALTH_TIMEOUT": str(timeout),
+                    "FLEET_APP_UID": str(APP_UID),
+                }
+            )
+        )
 
     def set_cmdline(self, text: str) -> None:
         (self.root / "proc/cmdline").write_text(text + "\n")
@@ -174,13 +215,21 @@ class AgentTree:
         (cells / "tryboot").write_bytes(int(tryboot).to_bytes(4, "big"))
 
     # ---- running it -----------------------------------------------------------------
-    def run(self, *args: str, data: bytes | None = None, program: str = "/etc/fleet/agent",
-            env: dict[str, str] | None = None, timeout: float = 60
-            ) -> subprocess.CompletedProcess[bytes]:
+    def run(
+        self,
+        *args: str,
+        data: bytes | None = None,
+        program: str = "/etc/fleet/agent",
+        env: dict[str, str] | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
             [CHROOT, str(self.root), "/bin/sh", program, *args],
-            input=data, capture_output=True, env={"PATH": "/bin", **(env or {})},
-            timeout=timeout, check=False,
+            input=data,
+            capture_output=True,
+            env={"PATH": "/bin", **(env or {})},
+            timeout=timeout,
+            check=False,
         )
 
     def agent(self, *args: str, data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -210,7 +259,11 @@ class AgentTree:
         found: dict[str, bytes] = {}
         for path in sorted(self.root.rglob("*")):
             rel = str(path.relative_to(self.root))
-            if rel.startswith(("run/", "proc/", "parts/", "dev/")) or path.is_dir() or path.is_symlink():
+            if (
+                rel.startswith(("run/", "proc/", "parts/", "dev/"))
+                or path.is_dir()
+                or path.is_symlink()
+            ):
                 continue
             found[rel] = path.read_bytes()
         return found

@@ -126,8 +126,11 @@ def refused_cleanly(tree: AgentTree, upload: bytes, label: str = "") -> str:
     after = tree.files_outside_incoming()
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
     # The agent's own log and the boot state (slot B cleared) are the only writes.
-    assert changed <= {"data/fleet/agent.log", "boot/firmware/fleet/bootstate.1",
-                       "boot/firmware/fleet/bootstate.2"}, changed
+    assert changed <= {
+        "data/fleet/agent.log",
+        "boot/firmware/fleet/bootstate.1",
+        "boot/firmware/fleet/bootstate.2",
+    }, changed
     assert status(tree)["slots"]["B"] is None  # type: ignore[index]
     proc = tree.agent("install", "boot", data=b"x")
     assert proc.returncode == 3 and b"no verified manifest" in proc.stderr
@@ -140,8 +143,10 @@ def test_planted_done_marker_cannot_mark_a_slot_installed(tree: AgentTree, r2: P
     install boot` then recorded slot B as installed with the old rootfs bytes."""
     members = [*good_members(r2), ("done.rootfs", b"")]
     why = refused_cleanly(tree, tar_of(members))
-    assert why == "refused: malformed release upload: unexpected member 'done.rootfs' " \
+    assert (
+        why == "refused: malformed release upload: unexpected member 'done.rootfs' "
         "(only manifest.json and signatures/KEYID.sig)"
+    )
     # The same without the plant: boot alone is not an installed slot.
     proc = tree.agent("install-manifest", data=tar_of(good_members(r2)))
     assert proc.returncode == 0, proc.stderr
@@ -163,7 +168,9 @@ def test_every_malformed_upload_is_refused(tree: AgentTree, r2: Path) -> None:
     upload = tar_of(good)
     cases: dict[str, bytes] = {
         "extra member": tar_of([*good, ("notes.txt", b"hi")]),
-        "symlink": tar_of([*good, link("signatures/0123456789abcdef.sig", "/etc/fleet/keys", tarfile.SYMTYPE)]),
+        "symlink": tar_of(
+            [*good, link("signatures/0123456789abcdef.sig", "/etc/fleet/keys", tarfile.SYMTYPE)]
+        ),
         "symlinked folder": tar_of([link("signatures", "/etc/fleet", tarfile.SYMTYPE), *good]),
         "hard link": tar_of([good[0], link(sig[0], "/etc/shadow", tarfile.LNKTYPE)]),
         "folder member": tar_of([link("signatures", "", tarfile.DIRTYPE), *good]),
@@ -176,7 +183,10 @@ def test_every_malformed_upload_is_refused(tree: AgentTree, r2: Path) -> None:
         "truncated in data": upload[: 512 + len(manifest) // 2],
         "truncated before the end block": upload[: 512 + -(-len(manifest) // 512) * 512],
         "bad checksum": upload[:148] + b"0000000\0" + upload[156:],
-        "gnu long name": tar_of([("manifest.json", manifest), ("signatures/" + "a" * 120 + ".sig", b"x")], tarfile.GNU_FORMAT),
+        "gnu long name": tar_of(
+            [("manifest.json", manifest), ("signatures/" + "a" * 120 + ".sig", b"x")],
+            tarfile.GNU_FORMAT,
+        ),
         "pax header": tar_of(good, tarfile.PAX_FORMAT, {"path": "/etc/fleet/x"}),
         "no manifest": tar_of(good[1:]),
         "not a tar": b"manifest.json\n" * 100,
@@ -210,13 +220,21 @@ def test_fuzzed_uploads_never_install(tree: AgentTree, r2: Path, data: st.DataOb
     assert proc.returncode in (0, 3), proc.stderr
     after = tree.files_outside_incoming()
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
-    assert changed <= {"data/fleet/agent.log", "boot/firmware/fleet/bootstate.1",
-                       "boot/firmware/fleet/bootstate.2"}, changed
+    assert changed <= {
+        "data/fleet/agent.log",
+        "boot/firmware/fleet/bootstate.1",
+        "boot/firmware/fleet/bootstate.2",
+    }, changed
     incoming = tree.root / "run/fleet/incoming"
     if proc.returncode == 0:
         assert (incoming / "manifest.json").read_bytes() == (r2 / "manifest.json").read_bytes()
         assert sorted(p.name for p in incoming.iterdir()) == [
-            "manifest.json", "payloads", "signatures", "slot", "slot-info"]
+            "manifest.json",
+            "payloads",
+            "signatures",
+            "slot",
+            "slot-info",
+        ]
     else:
         assert not incoming.exists()
     assert status(tree)["slots"]["B"] is None  # type: ignore[index]
@@ -240,7 +258,8 @@ def test_a_card_that_refuses_writes_records_nothing(
         proc = board.agent("install", "rootfs", data=(r2 / "rootfs.img").read_bytes())
         assert proc.returncode == 3, proc.stdout
         assert proc.stderr.decode().startswith(
-            "refused: payload rootfs: writing /dev/vda6 failed (")
+            "refused: payload rootfs: writing /dev/vda6 failed ("
+        )
         assert proc.stderr.decode().rstrip().endswith("slot B stays unbootable")
         assert status(board)["slots"]["B"] is None  # type: ignore[index]
         proc = board.agent("try")
@@ -268,9 +287,7 @@ def test_bytes_that_differ_on_the_partition_are_refused(
         board.close()
 
 
-def test_state_changing_verbs_share_one_lock_that_frees_itself(
-    tree: AgentTree, r2: Path
-) -> None:
+def test_state_changing_verbs_share_one_lock_that_frees_itself(tree: AgentTree, r2: Path) -> None:
     lock = tree.root / "run/fleet/agent.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     with lock.open("w") as held:
@@ -281,7 +298,9 @@ def test_state_changing_verbs_share_one_lock_that_frees_itself(
         # rollback waits for the lock instead of interleaving with the holder.
         waiting = subprocess.Popen(
             [CHROOT, str(tree.root), "/bin/sh", "/etc/fleet/agent", "rollback", "test"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={"PATH": "/bin"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={"PATH": "/bin"},
         )
         time.sleep(1.0)
         assert waiting.poll() is None
@@ -290,8 +309,13 @@ def test_state_changing_verbs_share_one_lock_that_frees_itself(
     assert b"nothing to roll back" in out
     # A holder killed mid-command leaves no stale lock behind.
     holder = subprocess.Popen(
-        ["python3", "-c", "import fcntl,sys,time; f=open(sys.argv[1],'w'); "
-         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(lock)],
+        [
+            "python3",
+            "-c",
+            "import fcntl,sys,time; f=open(sys.argv[1],'w'); "
+            "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+            str(lock),
+        ],
         stdout=subprocess.PIPE,
     )
     assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
