@@ -1,12 +1,13 @@
-"""The on-board agent's rpi-tryboot path, run with busybox on the host against a model of
+"""The on-board agent's rpi-tryboot path, run as the board runs it (chroot into an image-like
+tree with busybox and loop devices, tests/agent_tree.py) against a model of
 the Pi firmware's documented rules (tests/tryboot_model.py): install, trial by the
 one-shot tryboot flag, commit by rewriting autoboot.txt, rollback, and power cuts."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,120 +16,50 @@ from fleet import bootstate
 from fleet.release import Health, Manifest, Payload, sha256_file, write_manifest
 from fleet.trust import generate_key, sign_release
 from fleet.update.machine import manifest_upload
+from tests.agent_tree import AgentTree, available
 from tests.tryboot_model import PiFirmware
-
-BUSYBOX = shutil.which("busybox")
-SIGNIFY = shutil.which("signify-openbsd")
-REPO = Path(__file__).resolve().parents[2]
-AGENT = REPO / "fleet" / "device" / "agent"
-APPLETS = [
-    "sh",
-    "sed",
-    "od",
-    "sha256sum",
-    "tr",
-    "grep",
-    "wc",
-    "cut",
-    "printf",
-    "head",
-    "tail",
-    "gzip",
-    "cat",
-    "date",
-    "mkdir",
-    "rm",
-    "dd",
-    "sync",
-    "tar",
-    "tee",
-    "sleep",
-    "mv",
-    "echo",
-    "df",
-    "hostname",
-    "touch",
-    "base64",
-    "kill",
-]
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(BUSYBOX is None or SIGNIFY is None, reason="busybox/signify missing"),
+    pytest.mark.skipif(not available(), reason="needs root, busybox, signify-openbsd, gcc"),
 ]
 
 
 class Board:
-    """A Pi's partitions as folders and files, the agent's paths pointed at them."""
+    """A Pi 4 as the agent sees it (tests/agent_tree.py), booted by the firmware model."""
 
     def __init__(self, root: Path, key: Path, pub: Path) -> None:
+        self.tree = AgentTree(root, [pub], board="rpi4b", boot_method="rpi-tryboot")
         self.root = root
-        self.bin = root / "bin"
-        self.fw = root / "fw"
-        self.dt = root / "dt"
-        self.etc = root / "etc"
-        for folder in (
-            self.bin,
-            self.fw,
-            self.dt,
-            self.etc / "keys",
-            root / "run",
-            root / "data",
-            root / "dev",
-        ):
-            folder.mkdir(parents=True)
-        for applet in APPLETS:
-            (self.bin / applet).symlink_to(str(BUSYBOX))
-        (self.bin / "signify-openbsd").symlink_to(str(SIGNIFY))
-        self.reboots = root / "reboots"
-        stub = root / "reboot-stub"
-        stub.write_text(f'#!{BUSYBOX} sh\necho "$*" >> {self.reboots}\n')
-        stub.chmod(0o755)
-        shutil.copy(pub, self.etc / "keys" / pub.name)
-        shutil.copy(REPO / "fleet" / "device" / "verify-release.sh", self.etc / "verify-release")
-        (self.etc / "revoked").write_text("")
-        (self.etc / "threshold").write_text("1\n")
-        (self.etc / "board.env").write_text(
-            "FLEET_BOARD=rpi4b\nFLEET_BOOT_METHOD=rpi-tryboot\n"
-            f"FLEET_DATA_DEV={root}/dev/mmcblk0p7\n"
-        )
-        self.set_app("1.0.0", 1)
-        (root / "cmdline").write_text("console=serial0\n")
+        self.fw = self.tree.firmware
         # fleet build's autoboot.txt, as the firmware partition holds it.
         from fleet.image.bootscript import tryboot_autoboot_txt
 
-        (self.fw / "autoboot.txt").write_text(tryboot_autoboot_txt())
+        self.write_fw("autoboot.txt", tryboot_autoboot_txt().encode())
         self.key = key
+        self.boots = 0
         self.pi = PiFirmware(self.firmware_files())
 
+    def write_fw(self, name: str, data: bytes | None) -> None:
+        """Change partition 1 from outside (a power cut's leftovers): it is mounted
+        read-only as on the board."""
+        subprocess.run(["mount", "-o", "remount,rw", str(self.fw)], check=True)
+        try:
+            if data is None:
+                (self.fw / name).unlink()
+            else:
+                (self.fw / name).write_bytes(data)
+        finally:
+            subprocess.run(["mount", "-o", "remount,ro", str(self.fw)], check=True)
+
     def set_app(self, version: str, release: int) -> None:
-        (self.etc / "app.env").write_text(
-            f"FLEET_APP_NAME=hello\nFLEET_APP_VERSION={version}\nFLEET_RELEASE={release}\n"
-        )
+        self.tree.set_app(version, release)
 
     def firmware_files(self) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in self.fw.iterdir() if p.is_file()}
 
     def agent(self, *args: str, data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-        env = {
-            "FLEET_ETC": str(self.etc),
-            "FLEET_RUN": str(self.root / "run"),
-            "FLEET_DATA_DIR": str(self.root / "data"),
-            "FLEET_FIRMWARE": str(self.fw),
-            "FLEET_CMDLINE": str(self.root / "cmdline"),
-            "FLEET_DT_BOOTLOADER": str(self.dt),
-            "FLEET_PATH": str(self.bin),
-            "FLEET_REBOOT": str(self.root / "reboot-stub"),
-            "PATH": str(self.bin),
-        }
-        return subprocess.run(
-            [str(self.bin / "sh"), str(AGENT), *args],
-            input=data,
-            capture_output=True,
-            env=env,
-            timeout=60,
-            check=False,
-        )
+        return self.tree.agent(*args, data=data)
 
     def status(self) -> dict[str, object]:
         import json
@@ -141,15 +72,18 @@ class Board:
         """The firmware boots per the model; the device tree tells the system what it did."""
         self.pi.firmware_files = self.firmware_files()
         partition, tryboot = self.pi.boot()
-        (self.dt / "partition").write_bytes(partition.to_bytes(4, "big"))
-        (self.dt / "tryboot").write_bytes(int(tryboot).to_bytes(4, "big"))
+        self.boots += 1
+        self.tree.set_device_tree(partition, tryboot)
+        self.tree.set_boot_id(f"00000000-0000-0000-0000-{self.boots:012d}")
         return partition, tryboot
+
+    def requests(self) -> list[str]:
+        return self.tree.reboots()
 
     def follow_reboot(self) -> tuple[int, bool]:
         """Hand the agent's last reboot request to the firmware, then boot."""
-        requests = self.reboots.read_text().splitlines()
-        self.reboots.unlink()
-        self.pi.reboot("0 tryboot" if requests[-1] == "tryboot" else "")
+        requests = self.requests()
+        self.pi.reboot("0 tryboot" if requests[-1] == "fleet-reboot 0 tryboot" else "")
         return self.boot()
 
     def install(self, release: Path) -> None:
@@ -158,6 +92,9 @@ class Board:
         for name in ("boot", "rootfs"):
             proc = self.agent("install", name, data=(release / f"{name}.img").read_bytes())
             assert proc.returncode == 0, proc.stderr
+
+    def close(self) -> None:
+        self.tree.close()
 
 
 def make_release(folder: Path, key: Path, number: int) -> Path:
@@ -182,11 +119,14 @@ def make_release(folder: Path, key: Path, number: int) -> Path:
 
 
 @pytest.fixture()
-def board(tmp_path: Path) -> Board:
+def board(tmp_path: Path) -> Iterator[Board]:
     keys = generate_key(tmp_path / "keys", "release")
     pi = Board(tmp_path / "board", keys.secret, keys.public)
-    assert pi.boot() == (2, False)
-    return pi
+    try:
+        assert pi.boot() == (2, False)
+        yield pi
+    finally:
+        pi.close()
 
 
 def test_trial_commit_and_rollback_follow_the_firmware_rules(board: Board, tmp_path: Path) -> None:
@@ -234,7 +174,7 @@ def test_power_cuts_never_leave_the_board_without_its_committed_slot(
     board.install(release)
     assert board.agent("try").returncode == 0
     board.pi.power_cut()  # before the reboot request reached the firmware
-    board.reboots.unlink()
+    assert board.requests()[-1] == "fleet-reboot 0 tryboot"
     assert board.boot() == (2, False)
 
     assert board.agent("try").returncode == 0
@@ -250,9 +190,10 @@ def test_power_cuts_never_leave_the_board_without_its_committed_slot(
     assert board.agent("commit").returncode == 0
     new = (board.fw / "autoboot.txt").read_bytes()
     assert new != old and not (board.fw / "autoboot.tmp").exists()
-    (board.fw / "autoboot.txt").write_bytes(old)
-    (board.fw / "autoboot.tmp").write_bytes(new)
+    board.write_fw("autoboot.txt", old)
+    board.write_fw("autoboot.tmp", new)
     assert board.boot() == (2, False)
     # ... and after the rename, the new default.
-    (board.fw / "autoboot.tmp").rename(board.fw / "autoboot.txt")
+    board.write_fw("autoboot.txt", new)
+    board.write_fw("autoboot.tmp", None)
     assert board.boot() == (3, False)
