@@ -96,6 +96,12 @@ def up(
     down_on_failure: bool = typer.Option(
         False, "--down-on-failure", help="Stop the board if it does not come up (default: keep it)."
     ),
+    storage_faults: Path | None = typer.Option(
+        None,
+        "--storage-faults",
+        help="A QEMU blkdebug config ([inject-error] sections: event, errno, sector, once) "
+        "for the board's disk: its card fails the reads or writes it names, at every boot.",
+    ),
     hostname: provision_opts.HostnameOpt = None,
     authorized_key: provision_opts.KeyOpt = None,
     network: provision_opts.NetworkOpt = None,
@@ -132,6 +138,7 @@ def up(
             note=note,
             status=status,
             settings=settings,
+            storage_faults=storage_faults,
         )
     if json_out:
         print_json(_info(result))

@@ -94,8 +94,10 @@ def up(
     note: Note = _quiet,
     status: Note | None = None,
     settings: provision.Settings | None = None,
+    storage_faults: Path | None = None,
 ) -> Board:
     """Flash ``disk_image`` onto a new virtual board of profile ``board`` and boot it.
+    ``storage_faults`` is a QEMU blkdebug config: the board's disk fails as it says.
 
     Returns once the console shows ``up_line`` and (with ``wait_ssh``) SSH answers;
     then the board's SSH host key is pinned in the lab's known_hosts.
@@ -119,10 +121,22 @@ def up(
         ssh.forget_host(old.known_hosts_path, "127.0.0.1", old.ssh_port)
     if profile.qemu.disk == "sd":
         disk.require_power_of_two(source, profile.qemu.machine)
+    faults = None
+    if storage_faults is not None:
+        try:
+            faults = storage_faults.read_bytes()
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read storage faults {storage_faults}: {exc.strerror}"
+            ) from exc
+        if b"[inject-error]" not in faults and b"[set-state]" not in faults:
+            raise UsageError(f"{storage_faults}: not a blkdebug config (no [inject-error])")
     fresh = not state_dir.exists()
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
-        record = _flash(profile, name, source, state_dir, root, in_place, app_port, note, settings)
+        record = _flash(
+            profile, name, source, state_dir, root, in_place, app_port, note, settings, faults
+        )
     except BaseException:
         if fresh:
             # Nothing half-made stays behind for a board that never existed.
@@ -143,6 +157,7 @@ def _flash(
     app_port: int,
     note: Note,
     settings: provision.Settings | None = None,
+    faults: bytes | None = None,
 ) -> Board:
     """Copy and provision the disk; return the board record (not yet saved)."""
     assert profile.qemu is not None
@@ -162,6 +177,10 @@ def _flash(
 
     ssh_port = free_loopback_port()
     http_port = free_loopback_port({ssh_port})
+    faults_path = None
+    if faults is not None:
+        faults_path = state_dir / "storage-faults.cfg"
+        faults_path.write_bytes(faults)
     loader_args, extracts = qemu.loader_files(profile, state_dir)
     dtbs = [Path(e.dest) for e in extracts if e.dest.endswith(".dtb")]
     argv = qemu.build_argv(
@@ -173,6 +192,7 @@ def _flash(
         app_port,
         loader_args,
         dtbs[0] if dtbs else None,
+        faults_path,
     )
     record = Board(
         name=name,

@@ -65,6 +65,7 @@ def build_argv(
     app_guest_port: int,
     loader_args: list[str],
     dtb: Path | None,
+    faults: Path | None = None,
 ) -> list[str]:
     qemu = profile.qemu
     if qemu is None:
@@ -76,15 +77,24 @@ def build_argv(
     argv += ["-m", str(qemu.memory_mib), *loader_args]
     if dtb is not None:
         argv += ["-dtb", str(dtb)]
+    if faults is None:
+        image = f"file={_opt(disk)},format=raw"
+    else:
+        # blkdebug between the raw format and the file: the raw driver reports each read
+        # and write to it, and the config's rules fail the ones they match (a dying card).
+        image = (
+            f"driver=raw,file.driver=blkdebug,file.config={_opt(faults)},"
+            f"file.image.filename={_opt(disk)}"
+        )
     if qemu.disk == "virtio":
         argv += [
             "-drive",
-            f"if=none,file={_opt(disk)},format=raw,id=d0,cache=writeback",
+            f"if=none,{image},id=d0,cache=writeback",
             "-device",
             "virtio-blk-pci,drive=d0",
         ]
     else:
-        argv += ["-drive", f"if=sd,file={_opt(disk)},format=raw,cache=writeback"]
+        argv += ["-drive", f"if=sd,{image},cache=writeback"]
     forwards = (
         f"hostfwd=tcp:127.0.0.1:{ssh_port}-:22,hostfwd=tcp:127.0.0.1:{app_port}-:{app_guest_port}"
     )
