@@ -29,7 +29,8 @@ sys.path.insert(0, str(REPO))
 
 from fleet import lab  # noqa: E402
 from fleet.errors import RemoteError  # noqa: E402
-from fleet.release import Payload, load_manifest, sha256_file, write_manifest  # noqa: E402
+from fleet.hashing import sha256_file  # noqa: E402
+from fleet.release import Payload, load_manifest, write_manifest  # noqa: E402
 from fleet.trust import load_trust, sign_release  # noqa: E402
 from fleet.update import machine  # noqa: E402
 from fleet.update.status import read_status  # noqa: E402

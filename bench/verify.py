@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fleet import trust
+from fleet import hashing, trust
 from fleet.release import Health, Manifest, Payload, write_manifest
 
 MIB = 1 << 20
@@ -53,7 +53,7 @@ def make_release(folder: Path) -> None:
     write_random(folder / "boot.vfat", BOOT_MIB)
     payloads = []
     for name, file in (("boot", "boot.vfat"), ("rootfs", "rootfs.squashfs")):
-        size, digest = trust.hash_file(folder / file)
+        size, digest = hashing.hash_file(folder / file)
         payloads.append(Payload(name, file, size, digest))
     manifest = Manifest(
         app="bench",
@@ -132,7 +132,7 @@ def run(work: Path) -> int:
     sha256sum(rootfs, boot)  # warm the page cache for everyone alike
 
     peer = best(3, lambda: sha256sum(rootfs))
-    ours = best(3, lambda: trust.hash_file(rootfs))
+    ours = best(3, lambda: hashing.hash_file(rootfs))
 
     def file_digest() -> None:
         with rootfs.open("rb") as handle:

@@ -10,7 +10,6 @@ its signatures, and the slot payloads it names by size and SHA-256.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,9 @@ from fleet.errors import ReleaseError
 from signing.canonical import CanonicalError, canonical_bytes, parse_canonical
 
 MANIFEST = "manifest.json"
+# The board's agent takes no larger manifest (MAX_MANIFEST in fleet/device/agent); a real
+# one is a few KiB.
+MAX_MANIFEST = 256 << 10
 SIGNATURES = "signatures"
 FORMAT = 1
 PAYLOAD_NAMES = ("boot", "rootfs")
@@ -260,21 +262,25 @@ def _verity_from_document(item: dict[str, Any], payloads: list[Payload]) -> Veri
     return verity
 
 
-def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def read_manifest_bytes(folder: Path) -> bytes:
+    """The manifest's bytes, read with a bound: a release folder is untrusted input."""
+    if not folder.is_dir():
+        raise ReleaseError(f"{folder} is not a release folder")
+    path = folder / MANIFEST
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_MANIFEST + 1)
+    except FileNotFoundError as exc:
+        raise ReleaseError(f"{folder}: not a release (no {MANIFEST})") from exc
+    except OSError as exc:
+        raise ReleaseError(f"cannot read {path}: {exc.strerror}") from exc
+    if len(data) > MAX_MANIFEST:
+        raise ReleaseError(f"malformed manifest: larger than {MAX_MANIFEST >> 10} KiB")
+    return data
 
 
 def load_manifest(folder: Path) -> Manifest:
-    path = folder / MANIFEST
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise ReleaseError(f"{folder}: not a release (no {MANIFEST})") from exc
-    return manifest_from_bytes(data)
+    return manifest_from_bytes(read_manifest_bytes(folder))
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:

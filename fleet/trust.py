@@ -21,7 +21,7 @@ from typing import Any
 from fleet import atomic
 from fleet.errors import ReleaseError, UsageError
 from fleet.hashing import Progress, hash_file
-from fleet.release import MANIFEST, SIGNATURES, Manifest, manifest_from_bytes
+from fleet.release import SIGNATURES, Manifest, manifest_from_bytes, read_manifest_bytes
 from signing import (
     PublicKey,
     SecretKey,
@@ -46,7 +46,6 @@ SECRET_SUFFIX = ".sec"  # noqa: S105 (a file name suffix, not a secret)
 PUBLIC_SUFFIX = ".pub"
 SIGNATURE_SUFFIX = ".sig"
 # Far above any real file of its kind; a bound keeps a hostile folder from exhausting memory.
-_MAX_MANIFEST = 16 << 20
 _MAX_SMALL = 64 << 10
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -236,22 +235,6 @@ def check_payloads(
 
 
 # ---- release folders -------------------------------------------------------------------
-
-
-def read_manifest_bytes(folder: Path) -> bytes:
-    if not folder.is_dir():
-        raise ReleaseError(f"{folder} is not a release folder")
-    path = folder / MANIFEST
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(_MAX_MANIFEST + 1)
-    except FileNotFoundError as exc:
-        raise ReleaseError(f"{folder}: not a release (no {MANIFEST})") from exc
-    except OSError as exc:
-        raise ReleaseError(f"cannot read {path}: {exc.strerror}") from exc
-    if len(data) > _MAX_MANIFEST:
-        raise ReleaseError(f"malformed manifest: larger than {_MAX_MANIFEST >> 20} MiB")
-    return data
 
 
 def signature_files(folder: Path) -> dict[str, bytes]:

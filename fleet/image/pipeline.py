@@ -15,6 +15,7 @@ from typing import Any
 from fleet import __version__
 from fleet.boards import BoardProfile
 from fleet.errors import BuildError
+from fleet.hashing import sha256_file
 from fleet.image import (
     bootscript,
     debian,
@@ -30,7 +31,7 @@ from fleet.image import (
 from fleet.image.app import DEFAULT_EPOCH, build_app, source_files
 from fleet.image.elf import check_tree
 from fleet.project import Project
-from fleet.release import Health, Manifest, Payload, sha256_file, write_manifest
+from fleet.release import Health, Manifest, Payload, write_manifest
 
 RELEASE_DIR = "release"
 DISK_IMAGE = "disk.img"

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from fleet import ssh
 from fleet.errors import FleetError, ReleaseError, RemoteError
-from fleet.release import MANIFEST, SIGNATURES, Manifest, load_manifest
-from fleet.trust import read_manifest_bytes, signature_files, verify_release
+from fleet.release import MANIFEST, SIGNATURES, Manifest, load_manifest, read_manifest_bytes
+from fleet.trust import signature_files, verify_release
 from fleet.update import result as r
 from fleet.update.status import AGENT, BoardStatus, read_status
 from fleet.update.target import Target

@@ -20,7 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleet.release import Health, Manifest, Payload, sha256_file, write_manifest
+from fleet.hashing import sha256_file
+from fleet.release import Health, Manifest, Payload, write_manifest
 from fleet.trust import generate_key, sign_release
 from fleet.update.machine import manifest_upload
 from tests.agent_tree import CHROOT, AgentTree, available

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from fleet import bootstate
-from fleet.release import Health, Manifest, Payload, sha256_file, write_manifest
+from fleet.hashing import sha256_file
+from fleet.release import Health, Manifest, Payload, write_manifest
 from fleet.trust import generate_key, sign_release
 from fleet.update.machine import manifest_upload
 from tests.agent_tree import AgentTree, available
