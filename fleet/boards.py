@@ -98,6 +98,9 @@ class BoardProfile:
     usb_ids: tuple[str, ...]
     qemu: Qemu | None
     source: Path
+    # Why fleet cannot yet show this profile's images to boot (None: it can): such a
+    # board is listed as unverified and `fleet build` refuses it unless asked.
+    unverified: str | None = None
 
     @property
     def debian_arch(self) -> str:
@@ -123,6 +126,7 @@ def load_profile(path: Path) -> BoardProfile:
         description=top.str("description"),
         arch=arch,
         virtual=top.bool("virtual", default=False),
+        unverified=top.opt_str("unverified"),
         boot_method=boot.choice("method", BOOT_METHODS),
         console=boot.str("console"),
         baud=boot.int("baud", default=115200, minimum=1200),

@@ -33,7 +33,10 @@ def boards(
         return
     for p in profiles:
         kind = "virtual" if p.virtual else "real"
-        out.print(f"{p.name:<18} {p.arch:<8} {p.boot_method:<12} {kind:<8} {p.description}")
+        line = f"{p.name:<18} {p.arch:<8} {p.boot_method:<12} {kind:<8} {p.description}"
+        if p.unverified:
+            line += f" [unverified: {p.unverified}]"
+        out.print(line)
 
 
 @app.command("show")

@@ -10,6 +10,7 @@ import typer
 
 from fleet.boards import get_profile
 from fleet.cli.output import JSON_HELP, note, out, print_json, steps_progress
+from fleet.errors import UsageError
 from fleet.image.pipeline import STEPS
 from fleet.image.pipeline import build as run_build
 from fleet.project import load_project
@@ -40,6 +41,12 @@ def build(
         "--dev",
         help="A development image: besides the agent's key, boards also let in shell keys "
         "(fleet lab ssh). Production images (the default) carry no way to a shell.",
+    ),
+    allow_unverified: bool = typer.Option(
+        False,
+        "--allow-unverified-board",
+        help="Build for a profile marked unverified (see fleet boards): its image is not "
+        "known to boot.",
     ),
     release_number: int | None = typer.Option(
         None,
@@ -76,6 +83,11 @@ def build(
     if board is None:
         raise typer.BadParameter("give --board NAME (or --host)", param_hint="--board")
     profile = get_profile(board)
+    if profile.unverified and not allow_unverified:
+        raise UsageError(
+            f"board {profile.name} is unverified: {profile.unverified} "
+            "(--allow-unverified-board builds it anyway)"
+        )
     started = time.monotonic()
     with steps_progress() as progress:
         task = progress.add_task(f"build {project.name} for {profile.name}", total=len(STEPS))

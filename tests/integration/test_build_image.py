@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Built, copy_example, fleet
+from tests.conftest import REPO, Built, copy_example, fleet
 
 pytestmark = pytest.mark.integration
 
@@ -154,3 +154,14 @@ def test_binary_needing_a_library_missing_from_the_image_is_refused(
     assert "app/bin/hello-c: needs libfleetdemo.so, which is not in the image" in result.stderr
     after = {p.name: sha256(p) for p in (out / "disk.img", out / "release" / "manifest.json")}
     assert after == before
+
+
+def test_build_for_an_unverified_board_says_why(tmp_path: Path) -> None:
+    proc = fleet("build", "--board", "rpi5", "--project", REPO / "examples" / "hello-c",
+                 "--out", tmp_path / "out", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("fleet: error: board rpi5 is unverified: Debian 12's kernel")
+    assert not (tmp_path / "out").exists()
+    listed = fleet("boards").stdout
+    assert "[unverified: Debian 12's kernel" in next(
+        line for line in listed.splitlines() if line.startswith("rpi5 "))

@@ -70,3 +70,10 @@ def test_cli_lists_and_shows_profiles(tmp_path: Path) -> None:
     bad = fleet("boards", check=False, env={"FLEET_BOARDS_DIR": str(broken.parent)})
     assert bad.returncode == 2
     assert "rpi3b.toml: field 'arch'" in bad.stderr
+
+
+def test_rpi5_is_marked_unverified_with_the_reason() -> None:
+    """Issue 10, item 16: Debian 12's kernel cannot boot a Pi 5; the profile says so."""
+    profiles = {p.name: p for p in all_profiles()}
+    assert "BCM2712" in (profiles["rpi5"].unverified or "")
+    assert [n for n, p in profiles.items() if p.unverified] == ["rpi5"]
