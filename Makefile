@@ -20,9 +20,13 @@ venv: $(STAMP)
 demo: deps venv
 	@$(PY) scripts/demo.py
 
-lint: venv
+# The board's POSIX sh, where the trust path lives: every script that runs on the board.
+DEVICE_SH := $(filter-out %.c %.cmd fleet/device/inittab,$(wildcard fleet/device/*))
+
+lint: deps venv
 	$(VENV)/bin/ruff check fleet signing tests bench scripts
 	$(VENV)/bin/ruff format --check fleet signing
+	shellcheck -s sh -S warning $(DEVICE_SH)
 
 typecheck: venv
 	$(VENV)/bin/mypy --strict fleet signing
