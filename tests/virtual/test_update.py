@@ -9,6 +9,7 @@ never answers its health check, v4 = v2's payloads with an initramfs that cannot
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -21,8 +22,10 @@ from pathlib import Path
 import pytest
 
 from fleet import bootstate, lab
+from fleet.errors import RemoteError
+from fleet.hashing import sha256_file
 from fleet.image.disk import read_partitions
-from fleet.release import Payload, load_manifest, sha256_file, write_manifest
+from fleet.release import Payload, load_manifest, write_manifest
 from fleet.trust import load_trust, sign_release
 from fleet.update import machine
 from fleet.update.result import Outcome
@@ -47,6 +50,9 @@ class Releases:
     v6: Path
     v7: Path
     v8: Path
+    v9: Path
+    v11: Path
+    back: Path
     pub: Path
 
 
@@ -58,19 +64,25 @@ def _build(
     version: str,
     command: str | None = None,
     timeout: int | None = None,
+    health: str | None = None,
+    release_number: int | None = None,
 ) -> Path:
     edits: dict[str, str] = {}
+    if health is not None:
+        edits['http = "/health"'] = health
     if command is not None:
         edits['command = "/app/bin/hello-c"'] = f'command = "{command}"'
     if timeout is not None:
         edits["timeout = 60"] = f"timeout = {timeout}"
+    # With release_number, fleet.toml keeps the example's own number: the CLI sets it.
     app = copy_example(
-        "hello-c", base / f"app{number}", version=version, release=number, lock_from=v1_app,
-        edits=edits,
+        "hello-c", base / f"app{number}", version=version,
+        release=number if release_number is None else None, lock_from=v1_app, edits=edits,
     )
     out = base / f"out{number}"
+    extra = ["--release-number", str(release_number)] if release_number else []
     fleet("build", "--board", "qemu-virt-arm64", "--project", app, "--out", out, "--key", key,
-          "--dev")
+          "--dev", *extra)
     return out / "release"
 
 
@@ -112,8 +124,19 @@ def releases(tmp_path_factory: pytest.TempPathFactory, hello_virt: Built) -> Rel
     v7 = _build(hello_virt.app, base, key, 7, "7.0.0")
     # dies at once; a deadline so long that only its exits can end the trial in time
     v8 = _build(hello_virt.app, base, key, 8, "8.0.0-crashing", command="/bin/false", timeout=900)
+    # a health check that never returns (the app itself is fine)
+    v9 = _build(
+        hello_virt.app, base, key, 9, "9.0.0-hung-check", timeout=25,
+        health='command = "sleep 100000"',
+    )
+    # never healthy, with time to stop its health watcher before the deadline
+    v11 = _build(
+        hello_virt.app, base, key, 11, "11.0.0-stuck", command="/bin/sleep 100000", timeout=40
+    )
+    # going back to 2.0.0: the same sources, built as a new, higher release
+    back = _build(hello_virt.app, base, key, 10, "2.0.0", release_number=10)
     v4 = _broken_boot(v2, base / "release4", key, 4)
-    return Releases(hello_virt, v2, v3, v4, v5, v6, v7, v8, hello_virt.pub)
+    return Releases(hello_virt, v2, v3, v4, v5, v6, v7, v8, v9, v11, back, hello_virt.pub)
 
 
 RECORD = "/data/app/record"
@@ -279,17 +302,41 @@ def test_broken_boot_falls_back_in_the_bootloader(board: str, releases: Releases
     assert_runs("2.0.0", "B")
 
 
-def test_hung_trial_is_reset_by_the_watchdog(board: str, releases: Releases) -> None:
+def test_an_app_that_stops_every_process_cannot_hang_the_board(
+    board: str, releases: Releases
+) -> None:
+    """v5's app runs `kill -STOP -1`. Before issue 10 (item 5) it ran as root and froze
+    the whole board until the watchdog reset it; as its own user it can stop only
+    itself, so the health check fails and the board rolls back by itself."""
     offset = console_size()
-    result, err, code = update(releases.v5, "--trust", str(releases.pub))
+    result, err, code = update(releases.v5, "--trust", str(releases.pub), "--health-timeout", "150")
     assert code == 10, err
-    assert (result["outcome"], result["reason"]) == ("rolled-back", "timeout")
+    assert (result["outcome"], result["reason"]) == ("rolled-back", "health failed")
     console = console_since(offset)
     assert "system up: slot A, hello-c 5.0.0-hang" in console
+    assert "rolling back slot A" in console
+    assert_runs("2.0.0", "B")
+
+
+def test_hung_trial_is_reset_by_the_watchdog(board: str, releases: Releases) -> None:
+    """The whole board hangs during a trial (every process stopped, by root this time):
+    nothing feeds the watchdog, it resets the board, the bootloader falls back."""
+    install_without_try(releases.v5)
+    offset = console_size()
+    code, _, err = agent("try")
+    assert code == 0, err
+    wait_console(offset, "system up: slot A, hello-c 5.0.0-hang")
+    lost = (RemoteError, OSError, EOFError)
+    with contextlib.suppress(*lost), lab.session(lab.get(BOARD)) as session:
+        session.exec("kill -STOP -1", timeout=3)  # stops its own SSH server too
+    wait_console(offset, "used its boot attempts without committing; back to slot B", 180)
+    console = console_since(offset)
     # No rollback from the board's own software: the watchdog reset it.
     assert "rolling back slot A" not in console
     assert console.count("U-Boot 20") >= 2
-    assert_runs("2.0.0", "B")
+    now = assert_runs("2.0.0", "B")
+    assert now.last_trial.startswith("release=5 slot=A from=B") and "booted" in now.last_trial
+    assert "rollback" not in now.last_trial and "committed" not in now.last_trial
 
 
 def test_board_refuses_tampered_and_downgraded_releases(
@@ -399,3 +446,60 @@ def test_power_cut_during_commit(board: str, releases: Releases) -> None:
         assert code == 0, (result, err)
     assert_runs("7.0.0", "B")
     assert_record_kept()
+
+
+def test_hung_health_check_is_ended_by_the_board(board: str, releases: Releases) -> None:
+    """Issue 10, item 4: each check has its own timeout, so a check that never returns
+    fails the trial within its deadline; before, the trial stayed undecided (the watchdog
+    kept being fed) until the host gave up."""
+    offset = console_size()
+    result, err, code = update(releases.v9, "--trust", str(releases.pub), "--health-timeout", "110")
+    assert code == 10, err
+    assert (result["outcome"], result["reason"]) == ("rolled-back", "health failed")
+    console = console_since(offset)
+    assert "app unhealthy: the health check did not finish within 10 s" in console
+    assert "rolling back slot A" in console
+    assert_runs("7.0.0", "B")
+
+
+def test_a_trial_whose_watcher_is_stuck_is_reset_at_its_deadline(
+    board: str, releases: Releases
+) -> None:
+    """Issue 10, item 4: the watchdog is fed only until the trial's deadline. Here the
+    health watcher itself is stopped (the board otherwise runs fine): before, busybox's
+    watchdog daemon fed the watchdog for ever and only the host's rollback ended it."""
+    install_without_try(releases.v11)
+    offset = console_size()
+    code, _, err = agent("try")
+    assert code == 0, err
+    wait_console(offset, "system up: slot A, hello-c 11.0.0-stuck")
+    with lab.session(lab.get(BOARD)) as session:
+        stopped = session.exec(
+            "for d in /proc/[0-9]*; do "
+            "[ \"$(tr '\\0' ' ' < $d/cmdline 2>/dev/null)\" = '/bin/sh /etc/fleet/health-watch ' ]"
+            " && kill -STOP ${d#/proc/} && echo ${d#/proc/}; done; true"
+        )
+    assert stopped.exit_code == 0 and stopped.stdout.strip(), stopped
+    wait_console(offset, "trial undecided at its deadline: the watchdog resets the board", 200)
+    wait_console(offset, "used its boot attempts without committing; back to slot B", 120)
+    assert_runs("7.0.0", "B")
+    assert "rolling back slot A" not in console_since(offset)
+
+
+def test_going_back_is_a_new_release_and_the_old_one_stays_refused(
+    board: str, releases: Releases
+) -> None:
+    """Issue 10, item 3: the floor only rises; 2.0.0 comes back as release 10."""
+    result, err, code = update(releases.back, "--trust", str(releases.pub))
+    assert code == 0 and result["outcome"] == "updated", (result, err)
+    now = assert_runs("2.0.0", "A")
+    assert now.floor == 10 and now.app_release == 10
+    proc = fleet("update", BOARD, releases.v2, "--trust", releases.pub, check=False)
+    assert proc.returncode == 11
+    assert "release 2 is not above the board's floor 10" in proc.stdout + proc.stderr
+    proc = fleet("update", BOARD, releases.v7, "--insecure-skip-host-checks", check=False)
+    assert proc.returncode == 11
+    assert "refused: board: release 7 is not above the board's floor 10" in proc.stdout
+    assert_runs("2.0.0", "A")
+    assert_record_kept()
+
