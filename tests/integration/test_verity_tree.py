@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from fleet.errors import ReleaseError
 from fleet.image import verity
+from fleet.release import manifest_from_bytes
+from signing.canonical import canonical_bytes
 from tests.conftest import Built
 
 pytestmark = [
@@ -124,3 +127,22 @@ def test_built_rootfs_payload_is_verified_by_veritysetup(hello_virt: Built, tmp_
     data[params.hash_offset // 2] ^= 1
     bad.write_bytes(bytes(data))
     assert verify(bad, params).returncode != 0
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"extra": 1}, "unknown field verity.extra"),
+    ({"block_size": 512}, "4096-byte blocks"),
+    ({"algorithm": "sha1"}, "sha256"),
+    ({"root_hash": "AB" * 32}, "root_hash"),
+    ({"salt": "abc"}, "salt"),
+    ({"hash_offset": 4096}, "hash_offset"),
+    ({"data_blocks": 1, "hash_offset": 4096}, "does not describe the rootfs payload"),
+])
+def test_manifest_refuses_a_verity_object_that_does_not_fit(
+    hello_virt: Built, change: dict[str, object], words: str
+) -> None:
+    doc = json.loads((hello_virt.release / "manifest.json").read_text())
+    manifest_from_bytes(canonical_bytes(doc))  # as built: accepted
+    doc["verity"].update(change)
+    with pytest.raises(ReleaseError, match=words):
+        manifest_from_bytes(canonical_bytes(doc))
