@@ -23,7 +23,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from fleet.hashing import sha256_file
 from fleet.image.rootfs import APP_UID, APPLETS, SBIN_APPLETS, shell_env
+from fleet.release import Health, Manifest, Payload, write_manifest
+from fleet.trust import sign_release
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICE = REPO / "fleet" / "device"
@@ -275,3 +278,27 @@ class AgentTree:
         if self.mounted:
             subprocess.run(["umount", str(self.root / "boot/firmware")], check=False)
             self.mounted = False
+
+
+def make_release(
+    folder: Path, key: Path, number: int, board: str = "qemu-virt-arm64", size: int = 5000
+) -> Path:
+    """A signed release of random payloads (boot.img, rootfs.img) for the agent tree."""
+    folder.mkdir(parents=True)
+    payloads = []
+    for name in ("boot", "rootfs"):
+        path = folder / f"{name}.img"
+        path.write_bytes(os.urandom(size + number))
+        payloads.append(Payload(name, path.name, path.stat().st_size, sha256_file(path)))
+    manifest = Manifest(
+        app="hello",
+        version=f"{number}.0.0",
+        release=number,
+        board=board,
+        arch="aarch64",
+        payloads=tuple(payloads),
+        health=Health("/health", None, 8080, 30),
+    )
+    write_manifest(folder, manifest)
+    sign_release(folder, key)
+    return folder

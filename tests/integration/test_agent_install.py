@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import io
 import json
-import os
 import subprocess
 import tarfile
 import time
@@ -20,37 +19,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleet.hashing import sha256_file
-from fleet.release import Health, Manifest, Payload, write_manifest
-from fleet.trust import generate_key, sign_release
+from fleet.trust import generate_key
 from fleet.update.machine import manifest_upload
-from tests.agent_tree import CHROOT, AgentTree, available
+from tests.agent_tree import CHROOT, AgentTree, available, make_release
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not available(), reason="needs root, busybox, signify-openbsd, gcc"),
 ]
-
-
-def make_release(folder: Path, key: Path, number: int, size: int = 5000) -> Path:
-    folder.mkdir(parents=True)
-    payloads = []
-    for name in ("boot", "rootfs"):
-        path = folder / f"{name}.img"
-        path.write_bytes(os.urandom(size + number))
-        payloads.append(Payload(name, path.name, path.stat().st_size, sha256_file(path)))
-    manifest = Manifest(
-        app="hello",
-        version=f"{number}.0.0",
-        release=number,
-        board="qemu-virt-arm64",
-        arch="aarch64",
-        payloads=tuple(payloads),
-        health=Health("/health", None, 8080, 30),
-    )
-    write_manifest(folder, manifest)
-    sign_release(folder, key)
-    return folder
 
 
 @pytest.fixture(scope="module")

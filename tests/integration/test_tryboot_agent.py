@@ -5,7 +5,6 @@ one-shot tryboot flag, commit by rewriting autoboot.txt, rollback, and power cut
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +12,9 @@ from pathlib import Path
 import pytest
 
 from fleet import bootstate
-from fleet.hashing import sha256_file
-from fleet.release import Health, Manifest, Payload, write_manifest
-from fleet.trust import generate_key, sign_release
+from fleet.trust import generate_key
 from fleet.update.machine import manifest_upload
-from tests.agent_tree import AgentTree, available
+from tests.agent_tree import AgentTree, available, make_release
 from tests.tryboot_model import PiFirmware
 
 pytestmark = [
@@ -98,27 +95,6 @@ class Board:
         self.tree.close()
 
 
-def make_release(folder: Path, key: Path, number: int) -> Path:
-    folder.mkdir()
-    payloads = []
-    for name in ("boot", "rootfs"):
-        path = folder / f"{name}.img"
-        path.write_bytes(os.urandom(3000 + number))
-        payloads.append(Payload(name, path.name, path.stat().st_size, sha256_file(path)))
-    manifest = Manifest(
-        app="hello",
-        version=f"{number}.0.0",
-        release=number,
-        board="rpi4b",
-        arch="aarch64",
-        payloads=tuple(payloads),
-        health=Health("/health", None, 8080, 30),
-    )
-    write_manifest(folder, manifest)
-    sign_release(folder, key)
-    return folder
-
-
 @pytest.fixture()
 def board(tmp_path: Path) -> Iterator[Board]:
     keys = generate_key(tmp_path / "keys", "release")
@@ -134,7 +110,7 @@ def test_trial_commit_and_rollback_follow_the_firmware_rules(board: Board, tmp_p
     state = board.status()
     assert (state["running_slot"], state["default_slot"]) == ("A", "A")
 
-    board.install(make_release(tmp_path / "r2", board.key, 2))
+    board.install(make_release(tmp_path / "r2", board.key, 2, "rpi4b"))
     assert board.agent("try").returncode == 0
     assert board.follow_reboot() == (3, True)  # the firmware's one-shot trial of slot B
     board.set_app("2.0.0", 2)
@@ -158,7 +134,7 @@ def test_trial_commit_and_rollback_follow_the_firmware_rules(board: Board, tmp_p
     assert source is not None and saved.floor == 2 and saved.slot_b.startswith("2:2.0.0:")
 
     # A failed trial of slot A: the health watcher rolls back with a normal reboot.
-    board.install(make_release(tmp_path / "r3", board.key, 3))
+    board.install(make_release(tmp_path / "r3", board.key, 3, "rpi4b"))
     assert board.agent("try").returncode == 0
     board.set_app("3.0.0", 3)
     assert board.follow_reboot() == (2, True)
@@ -171,7 +147,7 @@ def test_trial_commit_and_rollback_follow_the_firmware_rules(board: Board, tmp_p
 def test_power_cuts_never_leave_the_board_without_its_committed_slot(
     board: Board, tmp_path: Path
 ) -> None:
-    release = make_release(tmp_path / "r2", board.key, 2)
+    release = make_release(tmp_path / "r2", board.key, 2, "rpi4b")
     board.install(release)
     assert board.agent("try").returncode == 0
     board.pi.power_cut()  # before the reboot request reached the firmware
