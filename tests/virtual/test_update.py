@@ -179,6 +179,18 @@ def assert_runs(version: str, slot: str) -> BoardStatus:
     return now
 
 
+def assert_runs_once_up(version: str, slot: str, timeout: float = 60) -> BoardStatus:
+    """assert_runs on a board that has just printed its up line: SSH may follow it by a
+    moment, so connection failures are retried until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return assert_runs(version, slot)
+        except RemoteError:
+            assert time.monotonic() < deadline, "the board did not answer SSH"
+            time.sleep(0.5)
+
+
 def state_copies() -> tuple[bytes | None, bytes | None]:
     """The two boot state copies as they are on the board's disk (read while it is off)."""
     disk = lab.get(BOARD).disk
@@ -330,11 +342,12 @@ def test_hung_trial_is_reset_by_the_watchdog(board: str, releases: Releases) -> 
     with contextlib.suppress(*lost), lab.session(lab.get(BOARD)) as session:
         session.exec("kill -STOP -1", timeout=3)  # stops its own SSH server too
     wait_console(offset, "used its boot attempts without committing; back to slot B", 180)
+    wait_console(offset, "system up: slot B, hello-c 2.0.0")
     console = console_since(offset)
     # No rollback from the board's own software: the watchdog reset it.
     assert "rolling back slot A" not in console
     assert console.count("U-Boot 20") >= 2
-    now = assert_runs("2.0.0", "B")
+    now = assert_runs_once_up("2.0.0", "B")
     assert now.last_trial.startswith("release=5 slot=A from=B") and "booted" in now.last_trial
     assert "rollback" not in now.last_trial and "committed" not in now.last_trial
 
@@ -482,7 +495,8 @@ def test_a_trial_whose_watcher_is_stuck_is_reset_at_its_deadline(
     assert stopped.exit_code == 0 and stopped.stdout.strip(), stopped
     wait_console(offset, "trial undecided at its deadline: the watchdog resets the board", 200)
     wait_console(offset, "used its boot attempts without committing; back to slot B", 120)
-    assert_runs("7.0.0", "B")
+    wait_console(offset, "system up: slot B, hello-c 7.0.0")
+    assert_runs_once_up("7.0.0", "B")
     assert "rolling back slot A" not in console_since(offset)
 
 
