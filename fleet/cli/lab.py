@@ -16,6 +16,7 @@ from fleet import lab
 from fleet.cli import provision as provision_opts
 from fleet.cli.output import JSON_HELP, err, note, out, print_json
 from fleet.errors import LabError
+from fleet.lab.bootchart import format_table
 from fleet.lab.console import attach, print_log
 from fleet.lab.state import Board
 from fleet.run import run
@@ -226,6 +227,22 @@ def console(
     note(f"attached to {name}'s console; detach with Ctrl-]")
     attach(board.console_socket)
     sys.stdout.write("\n")
+
+
+@app.command("boot-time")
+def boot_time(
+    name: str = typer.Argument(..., help="Board name."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Where the board's last boot spent its time, phase by phase: machine start,
+    bootloader, kernel start, initramfs, root switched, init, then network, SSH and the
+    app (side by side from init) and healthy. From the lab's host timestamps on the
+    console and the board's own uptime stamps (docs/lab.md)."""
+    chart = lab.boot_chart(lab.get(name))
+    if json_out:
+        print_json(chart.to_json())
+    else:
+        sys.stdout.write(format_table(chart) + "\n")
 
 
 @app.command("down")

@@ -79,8 +79,19 @@ def uboot_saved_env(profile: BoardProfile) -> bytes:
     bootcmd = (
         f"load {profile.storage.uboot_disk}:1 ${{scriptaddr}} boot.scr && source ${{scriptaddr}}"
     )
-    body = b"".join(item.encode() + b"\0" for item in (*loader.env, f"bootcmd={bootcmd}"))
-    size = loader.saved_env_size
+    # bootdelay=0: no wait, but a key already pressed on the console still stops it.
+    return uboot_env_blob((*loader.env, BOOTDELAY, f"bootcmd={bootcmd}"), loader.saved_env_size)
+
+
+# U-Boot's autoboot delay: 0 boots at once (its default, 2 s, is the longest single wait
+# of a boot), yet U-Boot still checks the console once, so a key held or typed as the
+# board powers on stops it at its prompt for debugging.
+BOOTDELAY = "bootdelay=0"
+
+
+def uboot_env_blob(items: tuple[str, ...] | list[str], size: int) -> bytes:
+    """A U-Boot environment of ``size`` bytes holding ``items`` (NAME=VALUE) only."""
+    body = b"".join(item.encode() + b"\0" for item in items)
     if len(body) + 1 > size - 4:
         raise BuildError(f"U-Boot environment needs {len(body) + 1} bytes, it holds {size - 4}")
     # U-Boot's env file layout: CRC32 of the rest, then NUL-ended pairs, NUL padding.
@@ -93,8 +104,20 @@ def tryboot_autoboot_txt() -> str:
     return "[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n"
 
 
+# Firmware settings that shorten a Pi's boot (docs/images.md says what each saves):
+# no wait before the kernel is loaded, no rainbow splash, no probe of a HAT's ID EEPROM
+# (a board with no HAT has none to read).
+FAST_FIRMWARE = ("boot_delay=0", "disable_splash=1", "force_eeprom_read=0")
+
+
 def tryboot_config_txt(profile: BoardProfile) -> str:
-    lines = ["arm_64bit=1", "enable_uart=1", "kernel=Image.gz", "initramfs initrd.gz followkernel"]
+    lines = [
+        "arm_64bit=1",
+        "enable_uart=1",
+        "kernel=Image.gz",
+        "initramfs initrd.gz followkernel",
+        *FAST_FIRMWARE,
+    ]
     if profile.kernel.dtb:
         lines.append(f"device_tree={DTB_NAME}")
     return "\n".join(lines) + "\n"

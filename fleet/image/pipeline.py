@@ -322,7 +322,10 @@ def _firmware_partition(
         shutil.copyfile(roots[loader.package] / loader.file, folder / name)
         files[name] = folder / name
         # The Pi firmware reads config.txt to load U-Boot in 64-bit mode.
-        (folder / "config.txt").write_text(f"arm_64bit=1\nenable_uart=1\nkernel={name}\n")
+        (folder / "config.txt").write_text(
+            "\n".join(["arm_64bit=1", "enable_uart=1", f"kernel={name}", *bootscript.FAST_FIRMWARE])
+            + "\n"
+        )
         files["config.txt"] = folder / "config.txt"
         if profile.kernel.dtb:
             # QEMU (standing in for the GPU firmware) and the firmware itself read it here.

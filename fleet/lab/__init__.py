@@ -8,7 +8,12 @@ lab's SSH key), boots it and waits until it is up; ``power`` cuts and restores p
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +22,7 @@ import paramiko
 from fleet import provision, ssh
 from fleet.boards import BoardProfile, get_profile
 from fleet.errors import LabError, UsageError
-from fleet.lab import disk, qemu
+from fleet.lab import bootchart, disk, qemu, stamps
 from fleet.lab.keys import ensure_client_key
 from fleet.lab.ports import free_loopback_port
 from fleet.lab.state import Board, all_boards, check_name, lab_root, load, save
@@ -26,6 +31,7 @@ from fleet.lab.wait import Note, log_size, wait_up
 __all__ = [
     "UP_LINE",
     "Board",
+    "boot_chart",
     "console_mark",
     "down",
     "get",
@@ -210,6 +216,7 @@ def _flash(
         root=root,
     )
     record.console_log.unlink(missing_ok=True)
+    _stamped(record).unlink(missing_ok=True)
     ssh.forget_host(record.known_hosts_path, "127.0.0.1", ssh_port)
     return record
 
@@ -228,7 +235,10 @@ def _launch(board: Board, note: Note) -> tuple[Board, int]:
             del argv[at : at + 2]
             note(f"{board.name}: {item.member} not on the disk; booting without -dtb")
     offset = log_size(board.console_log)
+    _stop_stamper(board)
+    stamps.mark_power_on(_stamped(board), time.time())
     pid = qemu.start(replace(board, qemu_argv=tuple(argv)))
+    _start_stamper(board, offset, pid)
     board = board.with_pid(pid)
     save(board)
     note(
@@ -236,6 +246,63 @@ def _launch(board: Board, note: Note) -> tuple[Board, int]:
         f"app 127.0.0.1:{board.app_port}"
     )
     return board, offset
+
+
+def _stamped(board: Board) -> Path:
+    return board.state_dir / "console.stamped"
+
+
+def _stamper_pidfile(board: Board) -> Path:
+    return board.state_dir / "stamps.pid"
+
+
+def _stop_stamper(board: Board) -> None:
+    """End the follower of an earlier QEMU of this board (it ends by itself once that
+    QEMU is gone; this makes sure it never stamps the next one's lines too)."""
+    try:
+        pid = int(_stamper_pidfile(board).read_text())
+    except (OSError, ValueError):
+        return
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            if b"fleet.lab.stamps" not in handle.read():
+                return
+        os.kill(pid, signal.SIGTERM)
+    except OSError:
+        pass
+    _stamper_pidfile(board).unlink(missing_ok=True)
+
+
+def _start_stamper(board: Board, offset: int, qemu_pid: int) -> None:
+    follower = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fleet.lab.stamps",
+            str(board.console_log),
+            str(_stamped(board)),
+            str(offset),
+            str(qemu_pid),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=Path(__file__).resolve().parent.parent.parent,
+    )
+    _stamper_pidfile(board).write_text(f"{follower.pid}\n")
+
+
+def boot_chart(board: Board) -> bootchart.Chart:
+    """The chart of the board's last boot, from its host-stamped console."""
+    try:
+        text = _stamped(board).read_text(errors="replace")
+    except FileNotFoundError:
+        raise LabError(
+            f"board {board.name} has no stamped console log ({_stamped(board)}): "
+            "boot it with this version of fleet"
+        ) from None
+    return bootchart.chart(bootchart.parse_stamped(text))
 
 
 def _boot(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fleet.boards import BoardProfile
 from fleet.errors import LabError, ProgramError
+from fleet.image.bootscript import BOOTDELAY, uboot_env_blob
 from fleet.lab.state import Board, Extract, kill
 from fleet.run import run
 
@@ -18,6 +19,14 @@ QEMU = {"aarch64": "qemu-system-aarch64", "armhf": "qemu-system-arm"}
 # the mini UART (serial1) while Linux's ttyAMA0 is the PL011 (serial0); all of them go
 # into the one console (a mux), so the log shows the whole boot.
 SERIAL_PORTS = {"raspi3b": 2}
+
+# Debian's qemu_arm64 U-Boot keeps its environment in the virt machine's second flash
+# bank (CONFIG_ENV_IS_IN_FLASH at 0x04000000, 256 KiB). QEMU gives the bank no contents
+# unless it is given a drive, so U-Boot always started with its built-in environment:
+# bootdelay=2 and a distro scan of qfw, USB, SCSI and virtio. The lab hands it a bank
+# holding that same environment with bootdelay=0 and a bootcmd that runs the disk's
+# boot.scr at once (the distro scan stays as its fallback).
+FLASH_ENV = {"virt": (1, 64 * 2**20, 0x40000)}  # machine: (pflash unit, bank size, env size)
 
 
 def _opt(value: str | Path) -> str:
@@ -56,6 +65,35 @@ def loader_files(profile: BoardProfile, state_dir: Path) -> tuple[list[str], tup
     return args, tuple(extracts)
 
 
+def default_env(bios: Path) -> list[str]:
+    """U-Boot's built-in environment, read from its binary (it starts at bootcmd=)."""
+    data = bios.read_bytes()
+    start = data.find(b"bootcmd=run distro_bootcmd\0")
+    if start < 0:
+        raise LabError(f"{bios}: no built-in U-Boot environment found")
+    end = data.find(b"\0\0", start)
+    return [item.decode() for item in data[start:end].split(b"\0") if b"=" in item]
+
+
+def flash_env(profile: BoardProfile, board_dir: Path, bios: Path) -> list[str]:
+    """Write the board's U-Boot environment bank; return the QEMU arguments for it."""
+    assert profile.qemu is not None and profile.bootloader is not None
+    unit, bank, size = FLASH_ENV[profile.qemu.machine]
+    disk = profile.storage.uboot_disk
+    bootcmd = (
+        f"bootcmd=pci enum; virtio scan; load {disk}:1 ${{scriptaddr}} boot.scr "
+        "&& source ${scriptaddr}; run distro_bootcmd"
+    )
+    overrides = [*profile.bootloader.env, BOOTDELAY, bootcmd]
+    names = {item.split("=", 1)[0] for item in overrides}
+    items = [i for i in default_env(bios) if i.split("=", 1)[0] not in names] + overrides
+    image = board_dir / "uboot-env.img"
+    with open(image, "wb") as handle:
+        handle.write(uboot_env_blob(items, size))
+        handle.truncate(bank)
+    return ["-drive", f"if=pflash,unit={unit},format=raw,file={_opt(image)}"]
+
+
 def build_argv(
     profile: BoardProfile,
     board_dir: Path,
@@ -75,6 +113,8 @@ def build_argv(
     if qemu.cpu:
         argv += ["-cpu", qemu.cpu]
     argv += ["-m", str(qemu.memory_mib), *loader_args]
+    if qemu.loader == "bios" and qemu.machine in FLASH_ENV and "-bios" in loader_args:
+        argv += flash_env(profile, board_dir, Path(loader_args[loader_args.index("-bios") + 1]))
     if dtb is not None:
         argv += ["-dtb", str(dtb)]
     if faults is None:
