@@ -14,7 +14,8 @@ from pathlib import Path
 from fleet.errors import LabError
 from fleet.lab.state import Board
 
-POLL = 0.2
+POLL = 0.1
+BANNER_WAIT = 1.0
 Note = Callable[[str], None]
 _ESCAPES = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -108,8 +109,10 @@ def wait_up(
                 f"{board.name}: console up after {took:.1f} s; waiting for SSH on {board.ssh_port}"
             )
         if console_ok:
+            # QEMU accepts the connection before the guest listens; a short wait per
+            # try and another try at the next poll sees the banner soon after it comes.
             banner = ssh_banner(
-                board.ssh_port, timeout=min(2.0, max(0.1, deadline - time.monotonic()))
+                board.ssh_port, timeout=min(BANNER_WAIT, max(0.1, deadline - time.monotonic()))
             )
             if banner is not None and banner.startswith(b"SSH-2.0"):
                 return time.monotonic() - start
