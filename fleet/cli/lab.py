@@ -262,12 +262,26 @@ def power(
     action: str = typer.Argument(..., help="off (power cut), on, or cycle (off then on)."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Do not wait for the board to be up."),
     timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for the board."),
+    bootdelay: int = typer.Option(
+        0,
+        "--bootdelay",
+        help="Seconds U-Boot waits for a key before it boots (default 0: it boots at once).",
+    ),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Cut or restore the board's power: off kills QEMU at once (a real power cut);
-    on boots it again on the same disk and ports and waits until it is up."""
+    on boots it again on the same disk and ports and waits until it is up. To stop in
+    U-Boot: `power NAME on --no-wait --bootdelay 5`, then `console NAME` and a key."""
     with _live_status() as status:
-        board = lab.power(name, action, wait=not no_wait, timeout=timeout, note=note, status=status)
+        board = lab.power(
+            name,
+            action,
+            wait=not no_wait,
+            timeout=timeout,
+            note=note,
+            status=status,
+            bootdelay=bootdelay,
+        )
     if json_out:
         print_json(_info(board))
     else:

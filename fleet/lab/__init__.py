@@ -221,10 +221,15 @@ def _flash(
     return record
 
 
-def _launch(board: Board, note: Note) -> tuple[Board, int]:
+def _launch(board: Board, note: Note, bootdelay: int = 0) -> tuple[Board, int]:
     """Start QEMU for ``board``; return the board with its pid and the console log offset
-    from which this boot's output starts."""
+    from which this boot's output starts. ``bootdelay``: U-Boot's autoboot delay for this
+    power-on (0: none; a key pressed in time still stops it)."""
     argv = list(board.qemu_argv)
+    profile = get_profile(board.profile)
+    bios = qemu.flash_env_bios(profile, argv)
+    if bios is not None:
+        qemu.write_flash_env(profile, board.state_dir, bios, bootdelay)
     for item in board.extracts:
         found = disk.extract(board.disk, item.member, Path(item.dest))
         if not found and item.required:
@@ -306,9 +311,14 @@ def boot_chart(board: Board) -> bootchart.Chart:
 
 
 def _boot(
-    board: Board, timeout: float, down_on_failure: bool, note: Note, status: Note | None
+    board: Board,
+    timeout: float,
+    down_on_failure: bool,
+    note: Note,
+    status: Note | None,
+    bootdelay: int = 0,
 ) -> Board:
-    board, offset = _launch(board, note)
+    board, offset = _launch(board, note, bootdelay)
     try:
         took = wait_up(board, offset, timeout, note, status)
     except LabError:
@@ -359,10 +369,13 @@ def power(
     timeout: float = 120.0,
     note: Note = _quiet,
     status: Note | None = None,
+    bootdelay: int = 0,
 ) -> Board:
     """``off``: kill QEMU at once (a power cut, no flush of guest state); ``on``: start it
     again on the same disk and ports; ``cycle``: both. ``on``/``cycle`` wait for the board
-    to be up unless ``wait`` is False."""
+    to be up unless ``wait`` is False. ``bootdelay`` seconds of U-Boot autoboot delay
+    give a person on the console time to stop it (boards whose U-Boot environment the
+    lab keeps: qemu-virt-arm64)."""
     if action not in POWER_ACTIONS:
         raise UsageError(f"power action must be one of {', '.join(POWER_ACTIONS)}, got {action!r}")
     board = load(name)
@@ -378,5 +391,5 @@ def power(
     if not board.disk.exists():
         raise LabError(f"disk {board.disk} of board {name!r} is gone")
     if wait:
-        return _boot(board, timeout, False, note, status)
-    return _launch(board, note)[0]
+        return _boot(board, timeout, False, note, status, bootdelay)
+    return _launch(board, note, bootdelay)[0]

@@ -75,23 +75,35 @@ def default_env(bios: Path) -> list[str]:
     return [item.decode() for item in data[start:end].split(b"\0") if b"=" in item]
 
 
-def flash_env(profile: BoardProfile, board_dir: Path, bios: Path) -> list[str]:
-    """Write the board's U-Boot environment bank; return the QEMU arguments for it."""
+def flash_env_image(board_dir: Path) -> Path:
+    return board_dir / "uboot-env.img"
+
+
+def write_flash_env(profile: BoardProfile, board_dir: Path, bios: Path, bootdelay: int = 0) -> None:
+    """Write the board's U-Boot environment bank (at every power-on: ``bootdelay`` > 0
+    gives a person time to stop U-Boot at its prompt from the console)."""
     assert profile.qemu is not None and profile.bootloader is not None
-    unit, bank, size = FLASH_ENV[profile.qemu.machine]
+    _, bank, size = FLASH_ENV[profile.qemu.machine]
     disk = profile.storage.uboot_disk
     bootcmd = (
         f"bootcmd=pci enum; virtio scan; load {disk}:1 ${{scriptaddr}} boot.scr "
         "&& source ${scriptaddr}; run distro_bootcmd"
     )
-    overrides = [*profile.bootloader.env, BOOTDELAY, bootcmd]
+    delay = BOOTDELAY if bootdelay <= 0 else f"bootdelay={bootdelay}"
+    overrides = [*profile.bootloader.env, delay, bootcmd]
     names = {item.split("=", 1)[0] for item in overrides}
     items = [i for i in default_env(bios) if i.split("=", 1)[0] not in names] + overrides
-    image = board_dir / "uboot-env.img"
-    with open(image, "wb") as handle:
+    with open(flash_env_image(board_dir), "wb") as handle:
         handle.write(uboot_env_blob(items, size))
         handle.truncate(bank)
-    return ["-drive", f"if=pflash,unit={unit},format=raw,file={_opt(image)}"]
+
+
+def flash_env_bios(profile: BoardProfile, argv: tuple[str, ...] | list[str]) -> Path | None:
+    """The U-Boot binary of a board whose environment lives in a flash bank, or None."""
+    qemu = profile.qemu
+    if qemu is None or qemu.loader != "bios" or qemu.machine not in FLASH_ENV:
+        return None
+    return Path(argv[list(argv).index("-bios") + 1]) if "-bios" in argv else None
 
 
 def build_argv(
@@ -113,8 +125,10 @@ def build_argv(
     if qemu.cpu:
         argv += ["-cpu", qemu.cpu]
     argv += ["-m", str(qemu.memory_mib), *loader_args]
-    if qemu.loader == "bios" and qemu.machine in FLASH_ENV and "-bios" in loader_args:
-        argv += flash_env(profile, board_dir, Path(loader_args[loader_args.index("-bios") + 1]))
+    if flash_env_bios(profile, loader_args) is not None:
+        unit = FLASH_ENV[qemu.machine][0]
+        bank = _opt(flash_env_image(board_dir))
+        argv += ["-drive", f"if=pflash,unit={unit},format=raw,file={bank}"]
     if dtb is not None:
         argv += ["-dtb", str(dtb)]
     if faults is None:

@@ -144,7 +144,8 @@ def test_up_list_console_power_cycle_down(lab_dir: Path, tmp_path: Path) -> None
     assert off.returncode == 0, off.stderr
     assert listing(lab_dir)["b1"]["state"] == "stopped"
 
-    on = fleet(lab_dir, "lab", "power", "b1", "on", "--no-wait")
+    # U-Boot boots at once (bootdelay=0); a person who wants its prompt asks for a delay.
+    on = fleet(lab_dir, "lab", "power", "b1", "on", "--no-wait", "--bootdelay", "5")
     assert on.returncode == 0, on.stderr
     interact_with_u_boot(lab_dir, "b1", Path(info["console_log"]))
 
