@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 from fleet import lab  # noqa: E402
 from fleet.errors import RemoteError  # noqa: E402
 from fleet.hashing import sha256_file  # noqa: E402
+from fleet.lab.bootchart import format_table  # noqa: E402
 from fleet.release import Payload, load_manifest, write_manifest  # noqa: E402
 from fleet.trust import load_trust, sign_release  # noqa: E402
 from fleet.update import machine  # noqa: E402
@@ -137,6 +138,8 @@ def main() -> None:
         result = machine.update(target, v2 / "release", machine.Options(trust=trust))
         update_s = time.monotonic() - started
         assert result.outcome.value == "updated", result
+        # Where the trial boot's time went (its reboot is the board's last boot).
+        trial_chart = lab.boot_chart(lab.get(BOARD))
 
         # The peer: the same payloads, cat'ed into the now inactive slot A's partitions.
         manifest = load_manifest(v2 / "release")
@@ -178,6 +181,8 @@ def main() -> None:
         f"fleet update v1 -> v2 (verify, stream, trial boot, health, commit): "
         f"{update_s:.1f} s, {result.bytes_sent} bytes sent"
     )
+    print("trial boot of v2 (fleet lab boot-time):")
+    print(format_table(trial_chart))
     print(
         f"plain ssh 'cat > partition' of the same payloads:                   "
         f"{plain_s:.1f} s, {plain_bytes} bytes sent"
