@@ -21,6 +21,7 @@ from tests.conftest import NEEDS_QEMU, Built, copy_example, fleet
 
 pytestmark = [pytest.mark.virtual, NEEDS_QEMU]
 
+VERBS = " (status, install-manifest, install, try, commit, rollback)"
 PROD = "trust-prod"
 DEV = "trust-dev"
 
@@ -63,8 +64,8 @@ def test_the_update_key_runs_only_the_agents_verbs(
         ("cat /etc/shadow", "this key may run only /etc/fleet/agent VERB"),
         ("/etc/fleet/agent status; id", "unexpected characters in the command"),
         ("/etc/fleet/agent status $(id)", "unexpected characters in the command"),
-        ("/etc/fleet/agent boot", "'boot' is not one of the agent's verbs"),
-        ("/etc/fleet/agent watchdog-off", "'watchdog-off' is not one of the agent's verbs"),
+        ("/etc/fleet/agent boot", f"'boot' is not one of the agent's verbs{VERBS}"),
+        ("/etc/fleet/agent watchdog-off", f"'watchdog-off' is not one of the agent's verbs{VERBS}"),
         ("/etc/fleet/agent install ../../dev/vda5", "no payload '../../dev/vda5'"),
         ("/etc/fleet/agent install home", "no payload 'home'"),
         ("/bin/sh -c id", "this key may run only /etc/fleet/agent VERB"),
