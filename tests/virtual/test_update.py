@@ -472,7 +472,9 @@ def test_hung_health_check_is_ended_by_the_board(board: str, releases: Releases)
     assert code == 10, err
     assert (result["outcome"], result["reason"]) == ("rolled-back", "health failed")
     console = console_since(offset)
-    assert "app unhealthy: the health check did not finish within 10 s" in console
+    assert "app unhealthy: health check failed: the health check did not finish within 10 s" in (
+        console
+    )
     assert "rolling back slot A" in console
     assert_runs("7.0.0", "B")
 
