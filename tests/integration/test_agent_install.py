@@ -92,6 +92,17 @@ def link(name: str, target: str, kind: bytes) -> tarfile.TarInfo:
     return info
 
 
+def assert_only_expected_writes(before: dict[str, bytes], after: dict[str, bytes]) -> None:
+    """The agent's own log and the boot state (slot B cleared) are the only writes an
+    upload may cause outside the incoming folder."""
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert changed <= {
+        "data/fleet/agent.log",
+        "boot/firmware/fleet/bootstate.1",
+        "boot/firmware/fleet/bootstate.2",
+    }, changed
+
+
 def refused_cleanly(tree: AgentTree, upload: bytes, label: str = "") -> str:
     """Send ``upload``; it must be refused, touch nothing outside the incoming folder,
     leave slot B unbootable and leave nothing that `install` would take."""
@@ -100,14 +111,7 @@ def refused_cleanly(tree: AgentTree, upload: bytes, label: str = "") -> str:
     err = proc.stderr.decode()
     assert proc.returncode == 3, (label, proc.returncode, err)
     assert err.startswith("refused: "), err
-    after = tree.files_outside_incoming()
-    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
-    # The agent's own log and the boot state (slot B cleared) are the only writes.
-    assert changed <= {
-        "data/fleet/agent.log",
-        "boot/firmware/fleet/bootstate.1",
-        "boot/firmware/fleet/bootstate.2",
-    }, changed
+    assert_only_expected_writes(before, tree.files_outside_incoming())
     assert status(tree)["slots"]["B"] is None  # type: ignore[index]
     proc = tree.agent("install", "boot", data=b"x")
     assert proc.returncode == 3 and b"no verified manifest" in proc.stderr
@@ -195,13 +199,7 @@ def test_fuzzed_uploads_never_install(tree: AgentTree, r2: Path, data: st.DataOb
     before = tree.files_outside_incoming()
     proc = tree.agent("install-manifest", data=blob)
     assert proc.returncode in (0, 3), proc.stderr
-    after = tree.files_outside_incoming()
-    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
-    assert changed <= {
-        "data/fleet/agent.log",
-        "boot/firmware/fleet/bootstate.1",
-        "boot/firmware/fleet/bootstate.2",
-    }, changed
+    assert_only_expected_writes(before, tree.files_outside_incoming())
     incoming = tree.root / "run/fleet/incoming"
     if proc.returncode == 0:
         assert (incoming / "manifest.json").read_bytes() == (r2 / "manifest.json").read_bytes()
