@@ -98,7 +98,7 @@ else
 fi
 
 echo "fleet: booting slot ${fleet_slot}"
-setenv bootargs "console=@CONSOLE@,@BAUD@ panic=5 loglevel=4 fleet.slot=${fleet_slot} fleet.root=@ROOTDEV@${fleet_rootpart}${fleet_trial_arg}"
+setenv bootargs "console=@CONSOLE@,@BAUD@ panic=5 loglevel=4 cryptomgr.notests fleet.slot=${fleet_slot} fleet.root=@ROOTDEV@${fleet_rootpart}${fleet_trial_arg}"
 load ${fleet_dev}:${fleet_bootpart} ${kernel_addr_r} Image.gz
 setenv kernel_comp_size ${filesize}
 load ${fleet_dev}:${fleet_bootpart} ${ramdisk_addr_r} initrd.gz

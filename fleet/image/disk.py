@@ -1,11 +1,11 @@
 """The disk image a fresh board is flashed with: an MBR partition table, partition 1
 (FAT: bootloader, boot script, boot state, provisioning settings), slot A filled with
-the release, slot B empty, and a data partition the board formats on first boot.
+the release, slot B empty, and an empty data partition (fleet.image.datafs).
 
     p1 firmware  FAT   p2 boot A  FAT   p3 boot B  FAT   p4 extended:
                                                        p5 rootfs A  squashfs
                                                        p6 rootfs B
-                                                       p7 data      ext4, made on the board
+                                                       p7 data      ext4, empty
 """
 
 from __future__ import annotations
@@ -107,6 +107,7 @@ def make_disk(
     firmware_fat: Path,
     boot_payload: Path,
     rootfs_payload: Path,
+    data_fs: Path,
 ) -> dict[int, Partition]:
     tmp = image.with_name(f".{image.name}.tmp")
     if tmp.exists():
@@ -123,5 +124,6 @@ def make_disk(
     write_into(tmp, parts[FIRMWARE_PARTITION], firmware_fat)
     write_into(tmp, parts[SLOT_PARTITIONS["A"]["boot"]], boot_payload)
     write_into(tmp, parts[SLOT_PARTITIONS["A"]["rootfs"]], rootfs_payload)
+    write_into(tmp, parts[DATA_PARTITION], data_fs)
     os.replace(tmp, image)
     return parts

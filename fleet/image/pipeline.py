@@ -18,6 +18,7 @@ from fleet.errors import BuildError
 from fleet.hashing import sha256_file
 from fleet.image import (
     bootscript,
+    datafs,
     debian,
     device_tools,
     disk,
@@ -176,7 +177,11 @@ def build(
     step("disk")
     firmware = _firmware_partition(work, profile, roots, ktree, mtime)
     image = work / DISK_IMAGE
-    disk.make_disk(image, profile, firmware, boot_img, rootfs_img)
+    data_fs = work / "data.ext4"
+    datafs.make_data_fs(
+        data_fs, profile.storage.data_mib * disk.MIB, mtime, sha256_file(rootfs_img)
+    )
+    disk.make_disk(image, profile, firmware, boot_img, rootfs_img, data_fs)
     from fleet.bmap import write_bmap
 
     write_bmap(image, work / f"{DISK_IMAGE}.bmap")
