@@ -10,6 +10,9 @@
  * DM_SUSPEND_FLAG it resumes, which makes the loaded table live). The kernel writes the
  * reason a table is refused to its log ("device-mapper: table: ... verity: ...").
  * Any failure removes the half-made device and exits 1: the caller must not boot.
+ *
+ * fleet-verity --modules FILE...: load the kernel modules the root needs first
+ * (modload.h), so the initramfs starts one program for all of them; exit 1 if one failed.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -21,6 +24,8 @@
 #include <sys/ioctl.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
+
+#include "modload.h"
 
 #define CONTROL "/dev/mapper/control"
 #define MAX_PARAMS 1024
@@ -52,6 +57,8 @@ static int dm(int control, unsigned long request, const char *what)
 
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "--modules") == 0)
+        return load_modules("fleet-verity", argc - 2, argv + 2);
     if (argc != 4) {
         fputs("usage: fleet-verity NAME SECTORS PARAMS\n", stderr);
         return 2;

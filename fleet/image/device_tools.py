@@ -1,7 +1,8 @@
 """Small programs of fleet's own that run on the board, cross-built with the app's
 compilers: the reboot helper that passes "0 tryboot" to the Raspberry Pi firmware, the
-agent's lock and the app's unprivileged runner (fleet-tool), and the initramfs's
-dm-verity mapper."""
+agent's lock and the app's unprivileged runner (fleet-tool), the initramfs's dm-verity
+mapper (which also loads the initramfs's modules) and the system's module loader
+(fleet-modules)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,12 @@ def build_verity_helper(arch: str, work: Path, epoch: int) -> Path:
     """``fleet-verity``: the initramfs's device-mapper client, linked statically (the
     initramfs has no C library)."""
     return _build("fleet-verity", arch, work, epoch, static=True)
+
+
+def build_module_loader(arch: str, work: Path, epoch: int) -> Path:
+    """``fleet-modules``: loads the system's kernel modules in one process (the initramfs
+    has the same code in fleet-verity --modules)."""
+    return _build("fleet-modules", arch, work, epoch)
 
 
 def build_fleet_tool(arch: str, work: Path, epoch: int) -> Path:

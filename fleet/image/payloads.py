@@ -41,12 +41,14 @@ def make_squashfs(staging: Path, output: Path, mtime: int) -> None:
 
 
 def fat_size_for(files: dict[str, Path]) -> int:
-    """The smallest whole-MiB FAT image that holds ``files``: cluster rounding per file
-    plus room for the FAT tables and directories."""
+    """The smallest FAT image, in 64 KiB steps, that holds ``files``: cluster rounding
+    per file plus room for the FAT tables and directories. Every byte of it is sent in
+    an update, so it is not rounded up to whole MiB."""
     cluster = 4096
+    step = 64 * 1024
     content = sum(-(-p.stat().st_size // cluster) * cluster for p in files.values())
     size = content + content // 256 + 256 * 1024
-    return -(-size // MIB) * MIB
+    return -(-size // step) * step
 
 
 def make_fat(

@@ -128,6 +128,8 @@ def build(
     )
     tool = device_tools.build_fleet_tool(profile.arch, work, mtime)
     staged.add_file("usr/sbin/fleet-tool", tool, "fleet", 0o755)
+    loader = device_tools.build_module_loader(profile.arch, work, mtime)
+    staged.add_file("usr/sbin/fleet-modules", loader, "fleet", 0o755)
     if profile.boot_method == "rpi-tryboot":
         helper = device_tools.build_reboot_helper(profile.arch, work, mtime)
         staged.add_file("usr/sbin/fleet-reboot", helper, "fleet", 0o755)

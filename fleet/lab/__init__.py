@@ -13,13 +13,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import paramiko
-
-from fleet import provision, ssh
+from fleet import provision
 from fleet.boards import BoardProfile, get_profile
 from fleet.errors import LabError, UsageError
 from fleet.lab import bootchart, disk, qemu, stamps
@@ -27,6 +28,25 @@ from fleet.lab.keys import ensure_client_key
 from fleet.lab.ports import free_loopback_port
 from fleet.lab.state import Board, all_boards, check_name, lab_root, load, save
 from fleet.lab.wait import Note, log_size, wait_up
+
+if TYPE_CHECKING:
+    import paramiko
+
+    from fleet import ssh as ssh_module
+
+
+def _ssh() -> ModuleType:
+    """fleet.ssh, imported when first needed: paramiko takes about 0.4 s to import, which
+    `fleet lab up` would otherwise spend before QEMU even starts (see _prefetch_ssh)."""
+    from fleet import ssh
+
+    return ssh
+
+
+def _prefetch_ssh() -> None:
+    """Import paramiko in the background while the board boots, which takes seconds; the
+    host key pin at the end then finds it loaded."""
+    threading.Thread(target=_ssh, name="import-paramiko", daemon=True).start()
 
 __all__ = [
     "UP_LINE",
@@ -67,11 +87,11 @@ def wait_until_up(board: Board, since: int, timeout: float = 120.0, note: Note =
     return wait_up(board, since, timeout, note)
 
 
-def session(board: Board, timeout: float = 10.0) -> ssh.Session:
+def session(board: Board, timeout: float = 10.0) -> ssh_module.Session:
     """A root shell session on the board with the lab's shell key (a development image
     lets it in; a production one does not); its host key must be the one pinned when
     the board first came up."""
-    return ssh.Session.connect(
+    return _ssh().Session.connect(
         "127.0.0.1",
         board.ssh_port,
         "root",
@@ -124,7 +144,7 @@ def up(
                 f"lab board {name!r} is running (pid {old.running_pid()}); "
                 f"stop it first: fleet lab down {name}"
             )
-        ssh.forget_host(old.known_hosts_path, "127.0.0.1", old.ssh_port)
+        _ssh().forget_host(old.known_hosts_path, "127.0.0.1", old.ssh_port)
     if profile.qemu.disk == "sd":
         disk.require_power_of_two(source, profile.qemu.machine)
     faults = None
@@ -217,7 +237,8 @@ def _flash(
     )
     record.console_log.unlink(missing_ok=True)
     _stamped(record).unlink(missing_ok=True)
-    ssh.forget_host(record.known_hosts_path, "127.0.0.1", ssh_port)
+    if record.known_hosts_path.exists():
+        _ssh().forget_host(record.known_hosts_path, "127.0.0.1", ssh_port)
     return record
 
 
@@ -319,6 +340,8 @@ def _boot(
     bootdelay: int = 0,
 ) -> Board:
     board, offset = _launch(board, note, bootdelay)
+    if board.wait_ssh:
+        _prefetch_ssh()
     try:
         took = wait_up(board, offset, timeout, note, status)
     except LabError:
@@ -333,16 +356,16 @@ def _boot(
 
 
 def _pin_host_key(board: Board) -> None:
-    key = ssh.fetch_host_key("127.0.0.1", board.ssh_port)
-    pinned = ssh.pinned_keys(board.known_hosts_path, "127.0.0.1", board.ssh_port)
+    key = _ssh().fetch_host_key("127.0.0.1", board.ssh_port)
+    pinned = _ssh().pinned_keys(board.known_hosts_path, "127.0.0.1", board.ssh_port)
     if pinned and not any(_same(key, k) for k in pinned):
         # Its identity lives on the data partition and must survive reboots and updates.
         raise LabError(
             f"board {board.name} came back with a different SSH host key "
-            f"({ssh.fingerprint(key)}, pinned {ssh.fingerprint(pinned[0])})"
+            f"({_ssh().fingerprint(key)}, pinned {_ssh().fingerprint(pinned[0])})"
         )
     if not pinned:
-        ssh.pin_host_key(board.known_hosts_path, "127.0.0.1", board.ssh_port, key)
+        _ssh().pin_host_key(board.known_hosts_path, "127.0.0.1", board.ssh_port, key)
 
 
 def _same(a: paramiko.PKey, b: paramiko.PKey) -> bool:
@@ -356,7 +379,7 @@ def down(name: str, remove: bool = False) -> bool:
     was_running = qemu.stop(board, hard=False)
     save(board.with_pid(None))
     if remove:
-        ssh.forget_host(board.known_hosts_path, "127.0.0.1", board.ssh_port)
+        _ssh().forget_host(board.known_hosts_path, "127.0.0.1", board.ssh_port)
         shutil.rmtree(board.state_dir)
     return was_running
 

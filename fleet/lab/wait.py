@@ -16,6 +16,12 @@ from fleet.lab.state import Board
 
 POLL = 0.1
 BANNER_WAIT = 1.0
+# The board's boot-chart stamp for its address being set (DHCP bound, or static). Before
+# it, QEMU takes the forwarded connection but cannot reach the guest, and the attempt
+# waits out BANNER_WAIT; so the banner is asked for once the stamp shows, or, for a board
+# that prints no such stamp, NETWORK_GRACE seconds after the up line.
+NETWORK_MARKER = "] boot: network"
+NETWORK_GRACE = 5.0
 Note = Callable[[str], None]
 _ESCAPES = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -92,8 +98,11 @@ def wait_up(
     start = time.monotonic()
     deadline = start + timeout
     watch = ConsoleWatch(board.console_log, offset, board.up_line)
+    network = ConsoleWatch(board.console_log, offset, NETWORK_MARKER)
     note(f"{board.name}: waiting for console line {board.up_line!r} (log: {board.console_log})")
     console_ok = False
+    network_ok = False
+    console_at = 0.0
     while True:
         if board.running_pid() is None:
             raise LabError(
@@ -102,13 +111,16 @@ def wait_up(
             )
         if not console_ok and watch.seen():
             console_ok = True
-            took = time.monotonic() - start
+            console_at = time.monotonic()
+            took = console_at - start
             if not board.wait_ssh:
                 return took
             note(
                 f"{board.name}: console up after {took:.1f} s; waiting for SSH on {board.ssh_port}"
             )
-        if console_ok:
+        if console_ok and not network_ok:
+            network_ok = network.seen() or time.monotonic() - console_at > NETWORK_GRACE
+        if console_ok and network_ok:
             # QEMU accepts the connection before the guest listens; a short wait per
             # try and another try at the next poll sees the banner soon after it comes.
             banner = ssh_banner(

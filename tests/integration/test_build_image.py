@@ -42,7 +42,7 @@ def test_release_payloads_match_their_manifest(hello_virt: Built) -> None:
     assert result.stdout.startswith("ok: hello-c 1.0.0 release 1")
 
 
-def test_disk_image_holds_slot_a_and_an_empty_slot_b(hello_virt: Built) -> None:
+def test_disk_image_holds_slot_a_and_an_empty_slot_b(hello_virt: Built, tmp_path: Path) -> None:
     parts = partitions(hello_virt.disk)
     assert sorted(parts) == [1, 2, 3, 4, 5, 6, 7]
     with hello_virt.disk.open("rb") as disk:
@@ -50,9 +50,20 @@ def test_disk_image_holds_slot_a_and_an_empty_slot_b(hello_virt: Built) -> None:
             data = (hello_virt.release / payload).read_bytes()
             disk.seek(parts[number][0])
             assert disk.read(len(data)) == data, f"partition {number} is not {payload}"
-        for number in (3, 6, 7):
+        for number in (3, 6):
             disk.seek(parts[number][0])
             assert disk.read(1 << 20) == bytes(1 << 20), f"partition {number} is not empty"
+        # The data partition: an empty journaled ext4, so a first boot only mounts it.
+        disk.seek(parts[7][0])
+        (tmp_path / "data.img").write_bytes(disk.read(parts[7][1]))
+    head = subprocess.run(["dumpe2fs", "-h", tmp_path / "data.img"], capture_output=True,
+                          text=True, check=True).stdout
+    assert "Filesystem volume name:   fleet-data" in head
+    features = next(line for line in head.splitlines() if line.startswith("Filesystem features"))
+    assert "has_journal" in features and "extent" in features
+    files = subprocess.run(["debugfs", "-R", "ls -p /", tmp_path / "data.img"],
+                           capture_output=True, text=True, check=True).stdout
+    assert {line.split("/")[5] for line in files.splitlines() if line} == {".", "..", "lost+found"}
     listing = subprocess.run(["mdir", "-b", "-i", f"{hello_virt.disk}@@{parts[1][0]}", "::"],
                              capture_output=True, text=True, check=True).stdout
     assert "::/boot.scr" in listing
