@@ -30,13 +30,21 @@ def make_data_fs(output: Path, size: int, mtime: int, seed: str) -> None:
         handle.truncate(size)
     run(
         [
-            "mkfs.ext4", "-q", "-F", "-L", LABEL, "-U", fs_uuid,
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-L",
+            LABEL,
+            "-U",
+            fs_uuid,
             # lazy_itable_init: the board's kernel zeroes the inode tables after the first
             # mount, so the image carries (and a flash writes) only the metadata.
-            "-E", f"hash_seed={fs_uuid},lazy_itable_init=1,nodiscard,root_owner=0:0",
+            "-E",
+            f"hash_seed={fs_uuid},lazy_itable_init=1,nodiscard,root_owner=0:0",
             # Fixed at what every supported board's kernel (Debian's 6.1) mounts, whatever
             # the build host's mke2fs.conf enables.
-            "-O", "^orphan_file,^metadata_csum_seed",
+            "-O",
+            "^orphan_file,^metadata_csum_seed",
             output,
         ],
         env={"E2FSPROGS_FAKE_TIME": str(mtime)},

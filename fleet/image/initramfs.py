@@ -41,8 +41,8 @@ def build_initramfs(
     """A gzip-compressed newc archive; the same inputs give the same bytes.
 
     ``root_prefix`` (e.g. /dev/mmcblk0p) names the root partitions when the bootloader
-    does not (the Pi firmware's tryboot). ``mapper`` is the static fleet-verity program (it also loads the modules),
-    ``verity`` the slot's rootfs hash tree parameters."""
+    does not (the Pi firmware's tryboot). ``mapper`` is the static fleet-verity program
+    (it also loads the modules), ``verity`` the slot's rootfs hash tree parameters."""
     entries = [
         cpio.directory("bin"),
         cpio.file("bin/busybox", busybox.read_bytes(), executable=True),

@@ -48,6 +48,7 @@ def _prefetch_ssh() -> None:
     host key pin at the end then finds it loaded."""
     threading.Thread(target=_ssh, name="import-paramiko", daemon=True).start()
 
+
 __all__ = [
     "UP_LINE",
     "Board",
@@ -91,7 +92,7 @@ def session(board: Board, timeout: float = 10.0) -> ssh_module.Session:
     """A root shell session on the board with the lab's shell key (a development image
     lets it in; a production one does not); its host key must be the one pinned when
     the board first came up."""
-    return _ssh().Session.connect(
+    session: ssh_module.Session = _ssh().Session.connect(
         "127.0.0.1",
         board.ssh_port,
         "root",
@@ -100,6 +101,7 @@ def session(board: Board, timeout: float = 10.0) -> ssh_module.Session:
         trust_new=False,
         timeout=timeout,
     )
+    return session
 
 
 def list_boards() -> list[Board]:
