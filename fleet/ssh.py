@@ -257,7 +257,7 @@ class Session:
             channel.shutdown_write()
             return self._collect(channel, cmd, deadline, timeout)
         finally:
-            channel.close()
+            _close(channel)
 
     def upload_stream(
         self,
@@ -290,7 +290,7 @@ class Session:
             channel.shutdown_write()
             result = self._collect(channel, cmd, time.monotonic() + timeout, timeout)
         finally:
-            channel.close()
+            _close(channel)
         return ExecResult(result.exit_code, bytes(out) + result.stdout, bytes(err) + result.stderr)
 
     def _open(self, cmd: str, timeout: float) -> paramiko.Channel:
@@ -345,6 +345,15 @@ class Session:
 
     def _where(self) -> str:
         return _where(self.host, self.port)
+
+
+def _close(channel: paramiko.Channel) -> None:
+    """Close ``channel``; on a connection that has just died (a board losing power in
+    the middle of a stream) there is nothing left to close, and paramiko's attempt to
+    send the close raises EOFError or OSError, which must not replace the RemoteError
+    that says what happened."""
+    with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
+        channel.close()
 
 
 def _drain(channel: paramiko.Channel, out: bytearray, err: bytearray) -> None:
