@@ -8,6 +8,7 @@ lab's SSH key), boots it and waits until it is up; ``power`` cuts and restores p
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import signal
@@ -17,7 +18,6 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING
 
 from fleet import provision
@@ -29,24 +29,20 @@ from fleet.lab.ports import free_loopback_port
 from fleet.lab.state import Board, all_boards, check_name, lab_root, load, save
 from fleet.lab.wait import Note, log_size, wait_up
 
+# fleet.ssh (and with it paramiko, about 0.4 s to import) is imported where it is used,
+# not here: `fleet lab up` would otherwise spend that before QEMU even starts.
 if TYPE_CHECKING:
     import paramiko
 
-    from fleet import ssh as ssh_module
-
-
-def _ssh() -> ModuleType:
-    """fleet.ssh, imported when first needed: paramiko takes about 0.4 s to import, which
-    `fleet lab up` would otherwise spend before QEMU even starts (see _prefetch_ssh)."""
     from fleet import ssh
-
-    return ssh
 
 
 def _prefetch_ssh() -> None:
     """Import paramiko in the background while the board boots, which takes seconds; the
     host key pin at the end then finds it loaded."""
-    threading.Thread(target=_ssh, name="import-paramiko", daemon=True).start()
+    threading.Thread(
+        target=importlib.import_module, args=("fleet.ssh",), name="import-paramiko", daemon=True
+    ).start()
 
 
 __all__ = [
@@ -88,11 +84,13 @@ def wait_until_up(board: Board, since: int, timeout: float = 120.0, note: Note =
     return wait_up(board, since, timeout, note)
 
 
-def session(board: Board, timeout: float = 10.0) -> ssh_module.Session:
+def session(board: Board, timeout: float = 10.0) -> ssh.Session:
     """A root shell session on the board with the lab's shell key (a development image
     lets it in; a production one does not); its host key must be the one pinned when
     the board first came up."""
-    session: ssh_module.Session = _ssh().Session.connect(
+    from fleet import ssh
+
+    return ssh.Session.connect(
         "127.0.0.1",
         board.ssh_port,
         "root",
@@ -101,7 +99,6 @@ def session(board: Board, timeout: float = 10.0) -> ssh_module.Session:
         trust_new=False,
         timeout=timeout,
     )
-    return session
 
 
 def list_boards() -> list[Board]:
@@ -146,7 +143,9 @@ def up(
                 f"lab board {name!r} is running (pid {old.running_pid()}); "
                 f"stop it first: fleet lab down {name}"
             )
-        _ssh().forget_host(old.known_hosts_path, "127.0.0.1", old.ssh_port)
+        from fleet import ssh
+
+        ssh.forget_host(old.known_hosts_path, "127.0.0.1", old.ssh_port)
     if profile.qemu.disk == "sd":
         disk.require_power_of_two(source, profile.qemu.machine)
     faults = None
@@ -240,7 +239,9 @@ def _flash(
     record.console_log.unlink(missing_ok=True)
     _stamped(record).unlink(missing_ok=True)
     if record.known_hosts_path.exists():
-        _ssh().forget_host(record.known_hosts_path, "127.0.0.1", ssh_port)
+        from fleet import ssh
+
+        ssh.forget_host(record.known_hosts_path, "127.0.0.1", ssh_port)
     return record
 
 
@@ -358,16 +359,18 @@ def _boot(
 
 
 def _pin_host_key(board: Board) -> None:
-    key = _ssh().fetch_host_key("127.0.0.1", board.ssh_port)
-    pinned = _ssh().pinned_keys(board.known_hosts_path, "127.0.0.1", board.ssh_port)
+    from fleet import ssh
+
+    key = ssh.fetch_host_key("127.0.0.1", board.ssh_port)
+    pinned = ssh.pinned_keys(board.known_hosts_path, "127.0.0.1", board.ssh_port)
     if pinned and not any(_same(key, k) for k in pinned):
         # Its identity lives on the data partition and must survive reboots and updates.
         raise LabError(
             f"board {board.name} came back with a different SSH host key "
-            f"({_ssh().fingerprint(key)}, pinned {_ssh().fingerprint(pinned[0])})"
+            f"({ssh.fingerprint(key)}, pinned {ssh.fingerprint(pinned[0])})"
         )
     if not pinned:
-        _ssh().pin_host_key(board.known_hosts_path, "127.0.0.1", board.ssh_port, key)
+        ssh.pin_host_key(board.known_hosts_path, "127.0.0.1", board.ssh_port, key)
 
 
 def _same(a: paramiko.PKey, b: paramiko.PKey) -> bool:
@@ -381,7 +384,9 @@ def down(name: str, remove: bool = False) -> bool:
     was_running = qemu.stop(board, hard=False)
     save(board.with_pid(None))
     if remove:
-        _ssh().forget_host(board.known_hosts_path, "127.0.0.1", board.ssh_port)
+        from fleet import ssh
+
+        ssh.forget_host(board.known_hosts_path, "127.0.0.1", board.ssh_port)
         shutil.rmtree(board.state_dir)
     return was_running
 
