@@ -180,9 +180,8 @@ def build(
     firmware = _firmware_partition(work, profile, roots, ktree, mtime)
     image = work / DISK_IMAGE
     data_fs = work / "data.ext4"
-    datafs.make_data_fs(
-        data_fs, profile.storage.data_mib * disk.MIB, mtime, sha256_file(rootfs_img)
-    )
+    rootfs_sha256 = next(p.sha256 for p in manifest.payloads if p.name == "rootfs")
+    datafs.make_data_fs(data_fs, profile.storage.data_mib * disk.MIB, mtime, rootfs_sha256)
     disk.make_disk(image, profile, firmware, boot_img, rootfs_img, data_fs)
     from fleet.bmap import write_bmap
 
