@@ -135,8 +135,14 @@ def main() -> None:
     try:
         target = resolve(BOARD)
         started = time.monotonic()
-        result = machine.update(target, v2 / "release", machine.Options(trust=trust))
+        timeline: list[tuple[float, str]] = []
+
+        def note(message: str) -> None:
+            timeline.append((time.monotonic() - started, message))
+
+        result = machine.update(target, v2 / "release", machine.Options(trust=trust, note=note))
         update_s = time.monotonic() - started
+        timeline.append((update_s, "updated: committed and healthy"))
         assert result.outcome.value == "updated", result
         # Where the trial boot's time went (its reboot is the board's last boot).
         trial_chart = lab.boot_chart(lab.get(BOARD))
@@ -181,6 +187,9 @@ def main() -> None:
         f"fleet update v1 -> v2 (verify, stream, trial boot, health, commit): "
         f"{update_s:.1f} s, {result.bytes_sent} bytes sent"
     )
+    print("where it went (seconds since the update began, each step as fleet update notes it):")
+    for at, message in timeline:
+        print(f"  {at:6.2f}  {message}")
     print("trial boot of v2 (fleet lab boot-time):")
     print(format_table(trial_chart))
     print(

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from fleet import provision
 from fleet.boards import BoardProfile, get_profile
 from fleet.errors import LabError, UsageError
-from fleet.lab import bootchart, disk, qemu, stamps
+from fleet.lab import bootchart, disk, hostkey, qemu, stamps
 from fleet.lab.keys import ensure_client_key
 from fleet.lab.ports import free_loopback_port
 from fleet.lab.state import Board, all_boards, check_name, lab_root, load, save
@@ -353,15 +353,23 @@ def _boot(
             save(board.with_pid(None))
         raise
     if board.wait_ssh:
-        _pin_host_key(board)
+        _pin_host_key(board, offset)
     note(f"{board.name}: up after {took:.1f} s")
     return board
 
 
-def _pin_host_key(board: Board) -> None:
+def _pin_host_key(board: Board, offset: int) -> None:
+    """Pin the key the board announced on its console in this boot (a board that
+    announces none: the one its SSH server presents)."""
+    import paramiko
+
     from fleet import ssh
 
-    key = ssh.fetch_host_key("127.0.0.1", board.ssh_port)
+    console = hostkey.from_console_log(board.console_log, offset)
+    if console is not None:
+        key = paramiko.PKey.from_type_string(*console)
+    else:
+        key = ssh.fetch_host_key("127.0.0.1", board.ssh_port)
     pinned = ssh.pinned_keys(board.known_hosts_path, "127.0.0.1", board.ssh_port)
     if pinned and not any(_same(key, k) for k in pinned):
         # Its identity lives on the data partition and must survive reboots and updates.

@@ -133,6 +133,7 @@ def update(target: Target, folder: Path, options: Options) -> r.UpdateResult:
             status = read_status(session)
         except RemoteError as exc:
             return run.result(r.Outcome.UNREACHABLE, str(exc))
+        note(f"board {status.board} runs slot {status.running_slot}, release {status.release}")
         if options.trust is not None:
             # The board checks all of this again itself; the host checks first so a bad
             # release is refused before a byte is sent.
@@ -189,6 +190,7 @@ def _install(
     if answer.exit_code != 0:
         words = _board_words(answer.stderr)
         return run.result(r.Outcome.REFUSED, f"board: {words}", status, words)
+    options.note("the board checked the manifest and its signatures")
     run.origin = status.running_slot
     run.slot = "B" if status.running_slot == "A" else "A"
     for payload in manifest.payloads:
@@ -216,6 +218,7 @@ def _install(
         if answer.exit_code != 0:
             words = _board_words(answer.stderr)
             return run.result(r.Outcome.REFUSED, f"board: {words}", status, words)
+        options.note(f"{payload.name}: written, read back and matched by the board")
     return None
 
 
@@ -233,6 +236,8 @@ def _await_trial(run: _Run, before: BoardStatus, deadline_s: float, note: Note) 
             with run.target.connect(timeout=max(2.0, min(CONNECT_TIMEOUT, left))) as session:
                 status = read_status(session, timeout=max(5.0, min(30.0, left)))
                 if status.boot_id != before.boot_id:
+                    if last is None:
+                        note(f"board answers again, on slot {status.running_slot}")
                     last = status
                     done = _judge(run, status)
                     if done is not None:
