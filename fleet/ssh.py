@@ -140,14 +140,17 @@ def _where(host: str, port: int) -> str:
 
 
 def _open_transport(
-    host: str, port: int, timeout: float, key_types: list[str]
+    host: str, port: int, timeout: float, key_types: list[str], banner_timeout: float | None = None
 ) -> paramiko.Transport:
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
         raise RemoteError(f"cannot connect to {_where(host, port)}: {exc.strerror or exc}") from exc
     transport = paramiko.Transport(sock)
-    transport.banner_timeout = timeout
+    # A forwarded port (the virtual lab's) accepts while the board is still rebooting and
+    # then sends nothing: a caller polling for the board's return waits for the banner
+    # less long than for the rest of the handshake.
+    transport.banner_timeout = banner_timeout or timeout
     transport.handshake_timeout = timeout
     transport.auth_timeout = timeout
     if key_types:
@@ -207,11 +210,14 @@ class Session:
         known_hosts_path: Path,
         trust_new: bool = False,
         timeout: float = 10.0,
+        banner_timeout: float | None = None,
     ) -> Session:
         pkey = _load_key(key_path)
         known = pinned_keys(known_hosts_path, host, port)
         where = _where(host, port)
-        transport = _open_transport(host, port, timeout, [k.get_name() for k in known])
+        transport = _open_transport(
+            host, port, timeout, [k.get_name() for k in known], banner_timeout
+        )
         try:
             try:
                 key = transport.get_remote_server_key()

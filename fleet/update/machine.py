@@ -42,6 +42,10 @@ REFUSED_EXIT = 3  # the agent's exit code for a refusal
 # board decides, not up to 2 s later as when this was 2.0.
 POLL = 0.5
 CONNECT_TIMEOUT = 4.0
+# An SSH server sends its banner as it accepts; silence past this while the board reboots
+# (a forwarded port accepts for it) means try again, not wait out the whole handshake.
+BANNER_TIMEOUT = 1.5
+DECISION_WAIT = 60.0  # seconds the board may hold one status answer until its trial is decided
 BOOT_ALLOWANCE = 120.0  # seconds for reboots on top of the release's health deadline
 
 
@@ -133,7 +137,7 @@ def update(target: Target, folder: Path, options: Options) -> r.UpdateResult:
             status = read_status(session)
         except RemoteError as exc:
             return run.result(r.Outcome.UNREACHABLE, str(exc))
-        note(f"board {status.board} runs slot {status.running_slot}, release {status.release}")
+        note(f"board {status.board} runs slot {status.running_slot}, release {status.app_release}")
         if options.trust is not None:
             # The board checks all of this again itself; the host checks first so a bad
             # release is refused before a byte is sent.
@@ -233,8 +237,14 @@ def _await_trial(run: _Run, before: BoardStatus, deadline_s: float, note: Note) 
         time.sleep(POLL)
         left = deadline - time.monotonic()
         try:
-            with run.target.connect(timeout=max(2.0, min(CONNECT_TIMEOUT, left))) as session:
-                status = read_status(session, timeout=max(5.0, min(30.0, left)))
+            with run.target.connect(
+                timeout=max(2.0, min(CONNECT_TIMEOUT, left)), banner_timeout=BANNER_TIMEOUT
+            ) as session:
+                status = read_status(
+                    session,
+                    timeout=max(5.0, min(30.0, left)),
+                    decided_within=int(max(1.0, min(DECISION_WAIT, left))),
+                )
                 if status.boot_id != before.boot_id:
                     if last is None:
                         note(f"board answers again, on slot {status.running_slot}")

@@ -29,7 +29,9 @@ class Target:
     trust_new_host: bool = False
     connect_timeout: float = 10.0
 
-    def connect(self, timeout: float | None = None) -> ssh.Session:
+    def connect(
+        self, timeout: float | None = None, banner_timeout: float | None = None
+    ) -> ssh.Session:
         try:
             return ssh.Session.connect(
                 self.host,
@@ -39,6 +41,7 @@ class Target:
                 self.known_hosts,
                 trust_new=self.trust_new_host,
                 timeout=timeout or self.connect_timeout,
+                banner_timeout=banner_timeout,
             )
         except (paramiko.SSHException, EOFError, OSError) as exc:
             # A board that reboots mid-handshake can make paramiko raise past fleet.ssh.

@@ -21,7 +21,7 @@ from tests.conftest import NEEDS_QEMU, Built, copy_example, fleet
 
 pytestmark = [pytest.mark.virtual, NEEDS_QEMU]
 
-VERBS = " (status, install-manifest, install, try, commit, rollback)"
+VERBS = " (status, await-decision, install-manifest, install, try, commit, rollback)"
 PROD = "trust-prod"
 DEV = "trust-dev"
 
@@ -68,6 +68,9 @@ def test_the_update_key_runs_only_the_agents_verbs(
         ("/etc/fleet/agent watchdog-off", f"'watchdog-off' is not one of the agent's verbs{VERBS}"),
         ("/etc/fleet/agent install ../../dev/vda5", "no payload '../../dev/vda5'"),
         ("/etc/fleet/agent install home", "no payload 'home'"),
+        ("/etc/fleet/agent await-decision", "agent await-decision takes one number of seconds"),
+        ("/etc/fleet/agent await-decision 601", "agent await-decision takes a number of seconds from 1 to 600"),
+        ("/etc/fleet/agent await-decision 0", "agent await-decision takes a number of seconds from 1 to 600"),
         ("/bin/sh -c id", "this key may run only /etc/fleet/agent VERB"),
     ):
         code, err = agent_key_exec(name, command)
