@@ -21,7 +21,7 @@ demo: deps venv
 	@$(PY) scripts/demo.py
 
 # The board's POSIX sh, where the trust path lives: every script that runs on the board.
-DEVICE_SH := $(filter-out %.c %.h %.cmd fleet/device/inittab,$(wildcard fleet/device/*))
+DEVICE_SH := $(filter-out %.c %.h %.cmd fleet/device/inittab fleet/device/fstab,$(wildcard fleet/device/*))
 
 lint: deps venv
 	$(VENV)/bin/ruff check fleet signing tests bench scripts

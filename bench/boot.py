@@ -66,13 +66,13 @@ def _cpio_members(blob: bytes) -> dict[str, bytes]:
 def floor(release: Path, work: Path) -> float:
     """Seconds from starting QEMU with the slot's own kernel (-kernel, no bootloader) to
     its exit, after a busybox init that prints one line and powers off."""
-    from fleet.image import cpio
+    from fleet.image import cpio, initramfs
 
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-    for member in ("Image.gz", "initrd.gz"):
+    for member in ("Image.gz", "initrd.zst"):
         subprocess.run(["mcopy", "-o", "-i", str(release / "boot.vfat"), f"::/{member}",
                         str(work / member)], check=True, env=env)
-    busybox = _cpio_members(gzip.decompress((work / "initrd.gz").read_bytes()))["bin/busybox"]
+    busybox = _cpio_members(initramfs.decompress((work / "initrd.zst").read_bytes()))["bin/busybox"]
     init = f"#!/bin/busybox sh\n/bin/busybox echo {FLOOR_LINE}\n/bin/busybox poweroff -f\n"
     blob = cpio.archive([cpio.directory("bin"), cpio.file("bin/busybox", busybox, True),
                          cpio.directory("dev"), cpio.file("init", init.encode(), True)])

@@ -77,7 +77,7 @@ def broken_boot(good: Path, dest: Path, key: Path, number: int) -> Path:
     garbage.write_bytes(random.Random(1).randbytes(4096))
     boot = dest / "boot.vfat"
     subprocess.run(
-        ["mcopy", "-o", "-i", str(boot), str(garbage), "::/initrd.gz"],
+        ["mcopy", "-o", "-i", str(boot), str(garbage), "::/initrd.zst"],
         check=True,
         env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
     )

@@ -101,7 +101,7 @@ echo "fleet: booting slot ${fleet_slot}"
 setenv bootargs "console=@CONSOLE@,@BAUD@ panic=5 loglevel=4 cryptomgr.notests fleet.slot=${fleet_slot} fleet.root=@ROOTDEV@${fleet_rootpart}${fleet_trial_arg}"
 load ${fleet_dev}:${fleet_bootpart} ${kernel_addr_r} Image.gz
 setenv kernel_comp_size ${filesize}
-load ${fleet_dev}:${fleet_bootpart} ${ramdisk_addr_r} initrd.gz
+load ${fleet_dev}:${fleet_bootpart} ${ramdisk_addr_r} initrd.zst
 setenv fleet_initrd_size ${filesize}
 @BOOTI@
 echo "fleet: boot failed: slot ${fleet_slot} did not start"

@@ -115,7 +115,7 @@ def tryboot_config_txt(profile: BoardProfile) -> str:
         "arm_64bit=1",
         "enable_uart=1",
         "kernel=Image.gz",
-        "initramfs initrd.gz followkernel",
+        "initramfs initrd.zst followkernel",
         *FAST_FIRMWARE,
     ]
     if profile.kernel.dtb:

@@ -5,12 +5,12 @@ switches to it."""
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 from fleet.image import cpio
 from fleet.image.kernel import KernelTree
 from fleet.release import Verity
+from fleet.run import run
 
 INIT = Path(__file__).resolve().parent.parent / "device" / "initramfs-init"
 
@@ -38,7 +38,7 @@ def build_initramfs(
     mapper: Path,
     verity: Verity,
 ) -> bytes:
-    """A gzip-compressed newc archive; the same inputs give the same bytes.
+    """A zstd-compressed newc archive; the same inputs give the same bytes.
 
     ``root_prefix`` (e.g. /dev/mmcblk0p) names the root partitions when the bootloader
     does not (the Pi firmware's tryboot). ``mapper`` is the static fleet-verity program
@@ -64,5 +64,17 @@ def build_initramfs(
     entries.append(cpio.file("etc/modules", ("\n".join(names) + "\n").encode()))
     entries.append(cpio.file("etc/root-prefix", f"{root_prefix}\n".encode()))
     entries.append(cpio.file("etc/verity", verity_file(verity)))
-    blob = cpio.archive(entries, mtime=mtime)
-    return gzip.compress(blob, compresslevel=9, mtime=mtime)
+    return compress(cpio.archive(entries, mtime=mtime))
+
+
+# zstd -19 rather than gzip -9: 1.16 MB instead of 1.51 for the virt board's, and the
+# kernel unpacks it about twice as fast, on every boot (docs/images.md). --no-check: the
+# slot's payload digest already covers these bytes. One thread, so the bytes are the same
+# on every machine.
+def compress(blob: bytes) -> bytes:
+    return run(["zstd", "-19", "-q", "-T1", "--no-check", "-c"], input=blob).stdout
+
+
+def decompress(data: bytes) -> bytes:
+    """The newc archive inside an initramfs made by ``compress``."""
+    return run(["zstd", "-d", "-q", "-c"], input=data).stdout

@@ -190,7 +190,7 @@ def build(
     step("report")
     boot_entries = [
         report.file_entry(
-            f"/slot-boot/{name}", path, kernel_pkg[0] if name != "initrd.gz" else "fleet"
+            f"/slot-boot/{name}", path, kernel_pkg[0] if name != "initrd.zst" else "fleet"
         )
         for name, path in sorted(boot_files.items())
     ]
@@ -256,7 +256,7 @@ def _boot_files(
     folder.mkdir()
     image = folder / "Image.gz"
     image.write_bytes(gzip.compress(ktree.image.read_bytes(), compresslevel=9, mtime=mtime))
-    initrd = folder / "initrd.gz"
+    initrd = folder / "initrd.zst"
     busybox = roots["busybox-static"] / "bin/busybox"
     storage = profile.storage
     initrd.write_bytes(
@@ -270,7 +270,7 @@ def _boot_files(
             verity=root_verity,
         )
     )
-    files = {"Image.gz": image, "initrd.gz": initrd}
+    files = {"Image.gz": image, "initrd.zst": initrd}
     if profile.kernel.dtb:
         dtb = folder / bootscript.DTB_NAME
         shutil.copyfile(ktree.dtb(profile.kernel.dtb), dtb)

@@ -396,6 +396,7 @@ def _add_system_files(
     ):
         staged.add_file(f"etc/fleet/{name}", DEVICE_DIR / name, "fleet", 0o755)
     staged.add_file("etc/inittab", DEVICE_DIR / "inittab", "fleet", 0o644)
+    staged.add_file("etc/fstab", DEVICE_DIR / "fstab", "fleet", 0o644)
     staged.add_link("sbin/init", "/bin/busybox", "busybox-static")
     app_user = f"app:x:{APP_UID}:{APP_UID}:the app:/data/app:/bin/false\n"
     staged.add_bytes("etc/passwd", f"root:x:0:0:root:/root:/bin/sh\n{app_user}".encode(), "fleet")

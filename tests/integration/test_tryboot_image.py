@@ -3,12 +3,12 @@ looks for them, no slot named in the slot's bytes, and the reboot helper on boar
 
 from __future__ import annotations
 
-import gzip
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from fleet.image import initramfs
 from fleet.image.disk import read_partitions
 from fleet.image.elf import read
 from tests.conftest import Built, copy_example, fleet
@@ -41,12 +41,12 @@ def test_rpi4b_image_follows_the_tryboot_rules(tmp_path: Path, hello_virt: Built
     assert "boot.scr" not in first  # the firmware boots the kernel itself, no U-Boot
 
     slot = fat_files(str(out / "release" / "boot.vfat"))
-    assert {"start4.elf", "fixup4.dat", "Image.gz", "initrd.gz", "board.dtb"} <= set(slot)
+    assert {"start4.elf", "fixup4.dat", "Image.gz", "initrd.zst", "board.dtb"} <= set(slot)
     config = slot["config.txt"].decode()
-    assert "kernel=Image.gz" in config and "initramfs initrd.gz followkernel" in config
+    assert "kernel=Image.gz" in config and "initramfs initrd.zst followkernel" in config
     # Slots A and B carry the same bytes: the root is found from the booted partition.
     assert "fleet.root" not in slot["cmdline.txt"].decode()
-    initrd = gzip.decompress(slot["initrd.gz"])
+    initrd = initramfs.decompress(slot["initrd.zst"])
     assert b"etc/root-prefix\x00" in initrd and b"/dev/mmcblk0p\n" in initrd
 
     extracted = tmp_path / "root"

@@ -4,7 +4,6 @@ payload of a real build with the parameters the slot's initramfs and manifest ca
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
 import shutil
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fleet.errors import ReleaseError
-from fleet.image import verity
+from fleet.image import initramfs, verity
 from fleet.release import manifest_from_bytes
 from signing.canonical import canonical_bytes
 from tests.conftest import Built
@@ -86,11 +85,11 @@ def test_salt_is_reproducible_and_follows_the_data(tmp_path: Path) -> None:
 
 
 def initramfs_verity(release: Path, tmp: Path) -> dict[str, str]:
-    initrd = subprocess.run(["mtype", "-i", release / "boot.vfat", "::/initrd.gz"],
+    initrd = subprocess.run(["mtype", "-i", release / "boot.vfat", "::/initrd.zst"],
                             capture_output=True, check=True).stdout
     tree = tmp / "initramfs"
     tree.mkdir()
-    subprocess.run(["cpio", "-idm", "--quiet"], input=gzip.decompress(initrd), cwd=tree,
+    subprocess.run(["cpio", "-idm", "--quiet"], input=initramfs.decompress(initrd), cwd=tree,
                    check=True)
     assert (tree / "bin/fleet-verity").is_file()
     lines = (tree / "etc/verity").read_text().splitlines()

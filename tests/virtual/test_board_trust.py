@@ -21,6 +21,7 @@ from tests.conftest import NEEDS_QEMU, Built, copy_example, fleet
 
 pytestmark = [pytest.mark.virtual, NEEDS_QEMU]
 
+SECONDS = "a number of seconds from 1 to 600"
 VERBS = " (status, await-decision, install-manifest, install, try, commit, rollback)"
 PROD = "trust-prod"
 DEV = "trust-dev"
@@ -69,8 +70,8 @@ def test_the_update_key_runs_only_the_agents_verbs(
         ("/etc/fleet/agent install ../../dev/vda5", "no payload '../../dev/vda5'"),
         ("/etc/fleet/agent install home", "no payload 'home'"),
         ("/etc/fleet/agent await-decision", "agent await-decision takes one number of seconds"),
-        ("/etc/fleet/agent await-decision 601", "agent await-decision takes a number of seconds from 1 to 600"),
-        ("/etc/fleet/agent await-decision 0", "agent await-decision takes a number of seconds from 1 to 600"),
+        ("/etc/fleet/agent await-decision 601", f"agent await-decision takes {SECONDS}"),
+        ("/etc/fleet/agent await-decision 0", f"agent await-decision takes {SECONDS}"),
         ("/bin/sh -c id", "this key may run only /etc/fleet/agent VERB"),
     ):
         code, err = agent_key_exec(name, command)

@@ -94,7 +94,7 @@ def _broken_boot(good: Path, dest: Path, key: Path, number: int) -> Path:
     garbage.write_bytes(random.Random(4).randbytes(4096))
     boot = dest / "boot.vfat"
     subprocess.run(
-        ["mcopy", "-o", "-i", str(boot), str(garbage), "::/initrd.gz"], check=True, env=MTOOLS
+        ["mcopy", "-o", "-i", str(boot), str(garbage), "::/initrd.zst"], check=True, env=MTOOLS
     )
     manifest = load_manifest(dest)
     payloads = tuple(
@@ -338,6 +338,9 @@ def test_hung_trial_is_reset_by_the_watchdog(board: str, releases: Releases) -> 
     code, _, err = agent("try")
     assert code == 0, err
     wait_console(offset, "system up: slot A, hello-c 5.0.0-hang")
+    # The network is up before SSH is: wait for the SSH server itself (its banner), or the
+    # session below would be refused and nothing stopped.
+    lab.wait_until_up(lab.get(BOARD), offset, timeout=60)
     lost = (RemoteError, OSError, EOFError)
     with contextlib.suppress(*lost), lab.session(lab.get(BOARD)) as session:
         session.exec("kill -STOP -1", timeout=3)  # stops its own SSH server too
@@ -490,6 +493,7 @@ def test_a_trial_whose_watcher_is_stuck_is_reset_at_its_deadline(
     code, _, err = agent("try")
     assert code == 0, err
     wait_console(offset, "system up: slot A, hello-c 11.0.0-stuck")
+    lab.wait_until_up(lab.get(BOARD), offset, timeout=60)
     with lab.session(lab.get(BOARD)) as session:
         stopped = session.exec(
             "for d in /proc/[0-9]*; do "
