@@ -85,6 +85,7 @@ APPLETS = [
     "ps",
     "pwd",
     "readlink",
+    "renice",
     "reboot",
     "rm",
     "rmdir",
