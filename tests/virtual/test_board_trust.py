@@ -16,6 +16,7 @@ import pytest
 
 from fleet import lab, ssh
 from fleet.update import machine
+from fleet.update.status import parse_status
 from fleet.update.target import resolve
 from tests.conftest import NEEDS_QEMU, Built, copy_example, fleet
 
@@ -76,6 +77,18 @@ def test_the_update_key_runs_only_the_agents_verbs(
     ):
         code, err = agent_key_exec(name, command)
         assert (code, err) == (3, f"refused: {refusal}\n"), command
+
+
+def test_the_update_key_can_wait_for_the_boards_decision(production: str) -> None:
+    """`fleet update` asks once after a trial reboot; the board answers with its status
+    when its health watcher has decided (here long since: a healthy, committed boot)."""
+    board = lab.get(production)
+    with ssh.Session.connect("127.0.0.1", board.ssh_port, "root", board.key_path,
+                             board.known_hosts_path) as session:
+        result = session.exec("/etc/fleet/agent await-decision 30", timeout=60)
+    assert result.exit_code == 0, result.stderr
+    status = parse_status(result.stdout, production)
+    assert (status.health, status.running_slot, status.committed) == ("healthy", "A", True)
 
 
 def test_a_production_image_lets_no_one_into_a_shell(production: str) -> None:

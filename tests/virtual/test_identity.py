@@ -4,6 +4,7 @@ a power cut, and a damaged data partition that is reported, not fatal."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 from collections.abc import Iterator
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet import lab
+from fleet import lab, ssh
+from fleet.lab import hostkey
 from tests.conftest import NEEDS_QEMU, Built, copy_example, fleet
 
 pytestmark = [
@@ -78,6 +80,24 @@ def test_boards_from_one_image_are_each_themselves(two_boards: Built) -> None:
         lab.power(name, "cycle")
         assert fingerprint(name) == fingerprints[name]
         assert sh(name, "cat /run/fleet/data-state").strip() == "ok"
+
+
+def test_the_key_on_the_console_is_the_one_the_server_holds(two_boards: Built) -> None:
+    """The lab pins the host key the board prints on its serial console (no first SSH
+    handshake to trust): it must be the one its SSH server presents, at every boot."""
+    board = lab.get("id-a")
+    announced = hostkey.from_console_log(board.console_log, 0)
+    assert announced is not None
+    served = ssh.fetch_host_key("127.0.0.1", board.ssh_port)
+    assert (served.get_name(), served.asbytes()) == announced
+    pinned = ssh.pinned_keys(board.known_hosts_path, "127.0.0.1", board.ssh_port)
+    assert [(k.get_name(), k.asbytes()) for k in pinned] == [announced]
+    # The board's own dropbearkey agrees, and the next boot announces the same key.
+    public = sh("id-a", "dropbearkey -y -f /data/ssh/dropbear_ed25519_host_key")
+    assert base64.b64encode(announced[1]).decode() in public
+    mark = lab.console_mark(board)
+    lab.power("id-a", "cycle")
+    assert hostkey.from_console_log(lab.get("id-a").console_log, mark) == announced
 
 
 def test_app_data_survives_a_power_cut(two_boards: Built) -> None:
