@@ -260,7 +260,7 @@ class Session:
         try:
             if input:
                 self._send_all(channel, cmd, input, deadline)
-            channel.shutdown_write()
+            self._end_input(channel, cmd)
             return self._collect(channel, cmd, deadline, timeout)
         finally:
             _close(channel)
@@ -293,7 +293,7 @@ class Session:
                 _drain(channel, out, err)
                 if progress is not None:
                     progress(sent)
-            channel.shutdown_write()
+            self._end_input(channel, cmd)
             result = self._collect(channel, cmd, time.monotonic() + timeout, timeout)
         finally:
             _close(channel)
@@ -308,6 +308,16 @@ class Session:
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise RemoteError(f"cannot run {cmd!r} on {where}: {_one_line(exc)}") from exc
         return channel
+
+    def _end_input(self, channel: paramiko.Channel, cmd: str) -> None:
+        # The EOF is a packet too: on a connection the board just dropped (a power cut
+        # right after the last byte) paramiko raises EOFError from here.
+        try:
+            channel.shutdown_write()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise RemoteError(
+                f"ending the input of {cmd!r} on {self._where()} failed: {_one_line(exc)}"
+            ) from exc
 
     def _send_all(self, channel: paramiko.Channel, cmd: str, data: bytes, deadline: float) -> None:
         view = memoryview(data)

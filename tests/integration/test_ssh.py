@@ -191,6 +191,21 @@ def test_upload_stream_arrives_intact(server: Server) -> None:
     assert seen[-1] == len(data) and seen == sorted(seen)
 
 
+def test_a_connection_lost_after_the_last_byte_is_a_remote_error(server: Server) -> None:
+    """A board that loses power just as the last byte went out: the end of input is a
+    packet too, and its failure must be fleet's RemoteError (the update's "lost the
+    board"), not paramiko's EOFError escaping past it."""
+    data = b"x" * 100_000
+    with _connect(server, trust_new=True) as session:
+
+        def cut(sent: int) -> None:
+            if sent == len(data):
+                session._transport.sock.close()  # the wire goes dead under paramiko
+
+        with pytest.raises(RemoteError, match="failed"):
+            session.upload_stream("cat >/dev/null", io.BytesIO(data), len(data), progress=cut)
+
+
 def test_upload_stream_refuses_a_short_source(server: Server) -> None:
     with _connect(server, trust_new=True) as session, pytest.raises(Exception) as info:
         session.upload_stream("cat >/dev/null", io.BytesIO(b"x" * 10), 20)
