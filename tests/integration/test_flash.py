@@ -212,12 +212,23 @@ def test_refuses_to_ask_without_a_terminal(image: Path, loop: tuple[str, Path]) 
     assert read(node, 0, 4096) == b"\xa5" * 4096
 
 
+def _as_at_a_terminal() -> None:
+    # A run started in the background by a non-interactive shell (`cmd &`) ignores SIGINT,
+    # and an ignored signal stays ignored across exec: fleet would never see the Ctrl-C.
+    # At a desk it is not ignored.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run_on_terminal(args: list[str], interrupt_on: str | None = None) -> tuple[int, str]:
     """Run fleet with a pseudo-terminal as its stderr, as a person at a desk sees it;
     with ``interrupt_on`` (a pattern), press Ctrl-C (SIGINT) once it has been shown."""
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
-        [FLEET, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower
+        [FLEET, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        preexec_fn=_as_at_a_terminal,
     )
     os.close(follower)
     seen = bytearray()
