@@ -78,6 +78,9 @@ class Qemu:
     disk: str  # "virtio" or "sd"
     net: str  # "virtio" or "usb-net"
     extra: tuple[str, ...]
+    # Kernel arguments the emulated board needs and a real one does not (fleet_bootargs
+    # in its fleet/uboot-board.txt, written by `fleet lab up`).
+    kernel_args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,9 +101,9 @@ class BoardProfile:
     usb_ids: tuple[str, ...]
     qemu: Qemu | None
     source: Path
-    # Why fleet cannot yet show this profile's images to boot (None: it can): such a
-    # board is listed as unverified and `fleet build` refuses it unless asked.
-    unverified: str | None = None
+    # Why this board cannot boot fleet's images (None: it can): `fleet boards` lists it
+    # as unsupported and `fleet build` refuses it with the reason.
+    unsupported: str | None = None
 
     @property
     def debian_arch(self) -> str:
@@ -126,7 +129,7 @@ def load_profile(path: Path) -> BoardProfile:
         description=top.str("description"),
         arch=arch,
         virtual=top.bool("virtual", default=False),
-        unverified=top.opt_str("unverified"),
+        unsupported=top.opt_str("unsupported"),
         boot_method=boot.choice("method", BOOT_METHODS),
         console=boot.str("console"),
         baud=boot.int("baud", default=115200, minimum=1200),
@@ -247,6 +250,7 @@ def _qemu(top: Table) -> Qemu | None:
         disk=table.choice("disk", ("virtio", "sd")),
         net=table.choice("net", ("virtio", "usb-net")),
         extra=tuple(table.str_list("extra", default=[])),
+        kernel_args=tuple(table.str_list("kernel_args", default=[])),
     )
     table.reject_unknown()
     return qemu

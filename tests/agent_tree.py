@@ -10,13 +10,19 @@ The board's slot partitions are real loop devices (nodes made in the tree's /dev
 partition 1 is a tmpfs mounted read-only, which the agent remounts read-write as it does
 on the board (this host's kernel has no vfat); /proc is a folder holding the few files
 the agent reads (cmdline, the firmware's device tree cells, uptime, boot_id, mounts).
-The edges a host has not got are the test's own files in the tree: /sbin/reboot,
-/usr/sbin/fleet-reboot and /etc/fleet/rc.shutdown record what they were asked to do.
+The edges a host has not got are the test's own files in the tree: /sbin/reboot and
+/etc/fleet/rc.shutdown record what they were asked to do. /usr/sbin/fleet-reboot is the
+real one, built from fleet/device/fleet-reboot.c for this machine: every agent command
+runs in a PID namespace of its own, where the reboot system call ends that namespace
+instead of restarting this machine (reboot(2): "If reboot() is called from a PID
+namespace other than the initial one, the effect is to terminate the init process of
+that namespace"), and strace records the call and its argument as the kernel got them.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -33,6 +39,15 @@ DEVICE = REPO / "fleet" / "device"
 BUSYBOX = Path("/bin/busybox")
 SIGNIFY = shutil.which("signify-openbsd")
 CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
+UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
+STRACE = shutil.which("strace")
+# The namespace's first process: runs the command in the tree, keeps its exit status,
+# then stays (as the namespace's reaper) until the command's background work, such as
+# the agent's delayed reboot, is done: kill -0 -1 reaches every other process in it.
+NS_INIT = (
+    '(chroot "$0" "$@"); echo $? > "$0/run/last-exit"; '
+    "while kill -0 -1 2>/dev/null; do sleep 0.05; done"
+)
 SLOT_PARTS = (2, 3, 5, 6)
 
 
@@ -43,6 +58,7 @@ def available() -> bool:
         and SIGNIFY is not None
         and shutil.which("gcc") is not None
         and shutil.which("losetup") is not None
+        and STRACE is not None
     )
 
 
@@ -53,6 +69,19 @@ def _libraries(program: str) -> list[Path]:
         for word in line.split():
             if word.startswith("/") and Path(word).exists():
                 found.append(Path(word))
+    return found
+
+
+def reboot_calls(trace: str) -> list[str]:
+    """strace's record of reboot(2) calls, as "reboot(2) CMD ARG" lines, e.g.
+    'reboot(2) RESTART2 0 tryboot'."""
+    found = []
+    for line in trace.splitlines():
+        match = re.search(
+            r"reboot\(LINUX_REBOOT_MAGIC1, [^,]+, LINUX_REBOOT_CMD_(\w+)(?:, \"(.*)\")?", line
+        )
+        if match:
+            found.append(" ".join(x for x in ("reboot(2)", match[1], match[2]) if x))
     return found
 
 
@@ -124,7 +153,11 @@ class AgentTree:
         # The board's remote-control edges: recorded, not taken.
         (root / "sbin" / "reboot").unlink()
         _stub(root / "sbin" / "reboot", "reboot")
-        _stub(root / "usr/sbin/fleet-reboot", "fleet-reboot")
+        subprocess.run(
+            ["gcc", "-O2", "-Wall", "-Werror", "-o", str(root / "usr/sbin/fleet-reboot"),
+             str(DEVICE / "fleet-reboot.c")],
+            check=True,
+        )
         _stub(root / "etc/fleet/rc.shutdown", "shutdown")
 
         etc = root / "etc/fleet"
@@ -226,14 +259,24 @@ class AgentTree:
         env: dict[str, str] | None = None,
         timeout: float = 60,
     ) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(
-            [CHROOT, str(self.root), "/bin/sh", program, *args],
+        last = self.root / "run/last-exit"
+        last.unlink(missing_ok=True)
+        assert STRACE is not None
+        proc = subprocess.run(
+            [STRACE, "-f", "-qq", "--seccomp-bpf", "-e", "trace=reboot", "-e", "signal=none",
+             "-A", "-o", str(self.root / "reboot-calls"),
+             UNSHARE, "--pid", "--fork", "--kill-child",
+             "/bin/sh", "-c", NS_INIT, str(self.root), "/bin/sh", program, *args],
             input=data,
             capture_output=True,
-            env={"PATH": "/bin", **(env or {})},
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **(env or {})},
             timeout=timeout,
             check=False,
         )
+        # A reboot ended the namespace (its init dies, unshare then with SIGHUP): the
+        # command's own exit status is the one it left.
+        code = int(last.read_text()) if last.exists() else proc.returncode
+        return subprocess.CompletedProcess(proc.args, code, proc.stdout, proc.stderr)
 
     def agent(self, *args: str, data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
         return self.run(*args, data=data)
@@ -254,6 +297,10 @@ class AgentTree:
         time.sleep(0.05)  # the last stub of a chain (shutdown, then reboot)
         lines = path.read_text().splitlines() if path.exists() else []
         path.unlink(missing_ok=True)
+        calls = self.root / "reboot-calls"
+        if calls.exists():
+            lines += reboot_calls(calls.read_text())
+            calls.unlink()
         return lines
 
     def files_outside_incoming(self) -> dict[str, bytes]:

@@ -27,6 +27,17 @@ Sources (raspberrypi/documentation, commit 04d84a86):
      be loaded on the next reboot."
 - config.txt conditional filters: R7 [all] ends any filter; settings under a filter
   that does not pass are ignored; a later setting overrides an earlier one.
+- documentation/asciidoc/computers/raspberry-pi/boot-eeprom.adoc / bootflow-2711.adoc:
+  R8 the bootloader loads the GPU firmware (start4.elf on a Pi 4) from the boot
+  partition; a FAT partition without it is not one the firmware can start from.
+
+The kernel is part of the path too. The flag reaches the firmware only through the
+kernel's reboot handling: Raspberry Pi's kernel (drivers/firmware/raspberrypi.c, commit
+0f8dd79 "Add support for tryonce reboot flag") sends SET_REBOOT_FLAGS when the reboot
+argument is "tryboot"; mainline Linux, and so Debian's linux-image-arm64, has no such
+code and drops it. So the model takes ``kernel_passes_tryboot``, which a test takes from
+the kernel image itself (fleet.image.kernel.passes_tryboot), and drops the flag unless
+it is true.
 
 What the model leaves out: bootloader EEPROM settings (BOOT_ORDER), other filters
 ([pi4], [gpio...]), and what happens inside the chosen partition. A partition that is
@@ -38,6 +49,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 AUTOBOOT_LIMIT = 512  # R1
+START_FILE = "start4.elf"  # R8, a Pi 4's
+
+
+class NoBootablePartition(Exception):
+    """The firmware finds nothing to start (on a real board: the activity LED's code)."""
 
 
 @dataclass
@@ -46,15 +62,26 @@ class PiFirmware:
     one-shot tryboot flag the kernel set on its way down."""
 
     firmware_files: dict[str, bytes]
-    bootable: set[int] = field(default_factory=lambda: {1, 2, 3})
+    kernel_passes_tryboot: bool
+    # The names on each FAT boot partition other than partition 1 (fleet's slots).
+    slot_files: dict[int, set[str]] = field(
+        default_factory=lambda: {2: {START_FILE}, 3: {START_FILE}}
+    )
     tryboot_flag: bool = False
     reboot_partition: int = 0  # from `reboot "N ..."`; 0 = as autoboot.txt says (R2)
 
+    @property
+    def bootable(self) -> set[int]:
+        """R8: the partitions holding the start file."""
+        found = {n for n, names in self.slot_files.items() if START_FILE in names}
+        return found | ({1} if START_FILE in self.firmware_files else set())
+
     def reboot(self, argument: str = "") -> None:
-        """The kernel's reboot with an optional "PARTITION [tryboot]" argument."""
+        """The kernel's reboot with an optional "PARTITION [tryboot]" argument; the
+        flag is set only by a kernel that passes it on."""
         words = argument.split()
         self.reboot_partition = int(words[0]) if words else 0
-        self.tryboot_flag = "tryboot" in words[1:]
+        self.tryboot_flag = self.kernel_passes_tryboot and "tryboot" in words[1:]
 
     def power_cut(self) -> None:
         # R6: the flag is one-shot and a reset loses a reboot request that was not made.
@@ -69,7 +96,9 @@ class PiFirmware:
         self.reboot_partition = 0
         partition = requested or self._autoboot_partition(tryboot)
         if partition == 0:
-            partition = min(p for p in self.bootable)  # R2: first bootable FAT partition
+            if not self.bootable:
+                raise NoBootablePartition("no partition holds " + START_FILE)
+            partition = min(self.bootable)  # R2: first bootable FAT partition
         return partition, tryboot
 
     def _autoboot_partition(self, tryboot: bool) -> int:

@@ -34,8 +34,8 @@ def boards(
     for p in profiles:
         kind = "virtual" if p.virtual else "real"
         line = f"{p.name:<18} {p.arch:<8} {p.boot_method:<12} {kind:<8} {p.description}"
-        if p.unverified:
-            line += f" [unverified: {p.unverified}]"
+        if p.unsupported:
+            line += f" [unsupported: {p.unsupported}]"
         out.print(line)
 
 

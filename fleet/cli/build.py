@@ -42,12 +42,6 @@ def build(
         help="A development image: besides the agent's key, boards also let in shell keys "
         "(fleet lab ssh). Production images (the default) carry no way to a shell.",
     ),
-    allow_unverified: bool = typer.Option(
-        False,
-        "--allow-unverified-board",
-        help="Build for a profile marked unverified (see fleet boards): its image is not "
-        "known to boot.",
-    ),
     release_number: int | None = typer.Option(
         None,
         "--release-number",
@@ -83,11 +77,8 @@ def build(
     if board is None:
         raise typer.BadParameter("give --board NAME (or --host)", param_hint="--board")
     profile = get_profile(board)
-    if profile.unverified and not allow_unverified:
-        raise UsageError(
-            f"board {profile.name} is unverified: {profile.unverified} "
-            "(--allow-unverified-board builds it anyway)"
-        )
+    if profile.unsupported:
+        raise UsageError(f"board {profile.name} is not supported: {profile.unsupported}")
     started = time.monotonic()
     with steps_progress() as progress:
         task = progress.add_task(f"build {project.name} for {profile.name}", total=len(STEPS))

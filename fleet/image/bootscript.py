@@ -9,41 +9,37 @@ from pathlib import Path
 
 from fleet.boards import BoardProfile
 from fleet.errors import BuildError
+from fleet.image.disk import DISK_LABEL_ID
 from fleet.run import run
 
 DEVICE_DIR = Path(__file__).resolve().parent.parent / "device"
 DTB_NAME = "board.dtb"
 
 
-def uboot_script_text(profile: BoardProfile) -> str:
+def uboot_script_text() -> str:
+    """The boot script: the same bytes for every uboot-ab board (uboot_board_text holds
+    what differs), so the logic a real Pi runs is the logic the virtual boards prove."""
     template = (DEVICE_DIR / "boot-uboot-ab.cmd").read_text()
+    return template.replace("@DISKID@", DISK_LABEL_ID.removeprefix("0x"))
+
+
+BOARD_FILE = "fleet/uboot-board.txt"
+
+
+def uboot_board_text(profile: BoardProfile) -> str:
+    """fleet/uboot-board.txt: the board's own values, in `env import -t` form."""
     env = profile.bootloader.env if profile.bootloader else ()
+    lines = [*env, f"fleet_console={profile.console},{profile.baud}"]
+    # No fleet_dtb: QEMU virt hands U-Boot the machine's device tree and the script
+    # passes that one on.
     if profile.kernel.dtb:
-        booti = (
-            f"load ${{fleet_dev}}:${{fleet_bootpart}} ${{fdt_addr_r}} {DTB_NAME}\n"
-            "booti ${kernel_addr_r} ${ramdisk_addr_r}:${fleet_initrd_size} ${fdt_addr_r}"
-        )
-    else:
-        # QEMU virt hands U-Boot the machine's device tree; pass the same one on.
-        booti = "booti ${kernel_addr_r} ${ramdisk_addr_r}:${fleet_initrd_size} ${fdtcontroladdr}"
-    storage = profile.storage
-    replacements = {
-        "@ENV@": "\n".join(f"setenv {item.replace('=', ' ', 1)}" for item in env),
-        "@DEV@": storage.uboot_disk,
-        "@CONSOLE@": profile.console,
-        "@BAUD@": str(profile.baud),
-        "@ROOTDEV@": f"{storage.linux_disk}{storage.partition_prefix}",
-        "@BOOTI@": booti,
-    }
-    text = template
-    for key, value in replacements.items():
-        text = text.replace(key, value)
-    return text
+        lines.append(f"fleet_dtb={DTB_NAME}")
+    return "\n".join(lines) + "\n"
 
 
-def make_uboot_script(profile: BoardProfile, work: Path) -> Path:
+def make_uboot_script(work: Path) -> Path:
     source = work / "boot.cmd"
-    source.write_text(uboot_script_text(profile))
+    source.write_text(uboot_script_text())
     output = work / "boot.scr"
     # mkimage stamps the time into the header; SOURCE_DATE_EPOCH keeps it fixed.
     run(
@@ -76,11 +72,20 @@ def uboot_saved_env(profile: BoardProfile) -> bytes:
     Skipping the scan also saves real boards the USB enumeration."""
     loader = profile.bootloader
     assert loader is not None and loader.saved_env
-    bootcmd = (
-        f"load {profile.storage.uboot_disk}:1 ${{scriptaddr}} boot.scr && source ${{scriptaddr}}"
-    )
     # bootdelay=0: no wait, but a key already pressed on the console still stops it.
-    return uboot_env_blob((*loader.env, BOOTDELAY, f"bootcmd={bootcmd}"), loader.saved_env_size)
+    items = (*loader.env, *boot_disk_env(profile), BOOTDELAY, f"bootcmd={RUN_BOOT_SCR}")
+    return uboot_env_blob(items, loader.saved_env_size)
+
+
+# A bootcmd's way to boot.scr on the disk that boot_disk_env names.
+RUN_BOOT_SCR = "load ${devtype} ${devnum}:1 ${scriptaddr} boot.scr && source ${scriptaddr}"
+
+
+def boot_disk_env(profile: BoardProfile) -> tuple[str, str]:
+    """devtype and devnum, which name the disk to boot.scr as U-Boot's distro boot scan
+    does, for a bootcmd that runs boot.scr itself."""
+    devtype, devnum = profile.storage.uboot_disk.split()
+    return f"devtype={devtype}", f"devnum={devnum}"
 
 
 # U-Boot's autoboot delay: 0 boots at once (its default, 2 s, is the longest single wait

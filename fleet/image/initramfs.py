@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fleet.image import cpio
+from fleet.image.disk import DISK_LABEL_ID
 from fleet.image.kernel import KernelTree
 from fleet.release import Verity
 from fleet.run import run
@@ -33,15 +34,14 @@ def build_initramfs(
     kernel: KernelTree,
     modules: list[Path],
     mtime: int,
-    root_prefix: str,
     *,
     mapper: Path,
     verity: Verity,
 ) -> bytes:
     """A zstd-compressed newc archive; the same inputs give the same bytes.
 
-    ``root_prefix`` (e.g. /dev/mmcblk0p) names the root partitions when the bootloader
-    does not (the Pi firmware's tryboot). ``mapper`` is the static fleet-verity program
+    etc/disk-id (the image's MBR disk identifier) names the root partitions by PARTUUID
+    when the bootloader does not (the Pi firmware's tryboot). ``mapper`` is the static fleet-verity program
     (it also loads the modules), ``verity`` the slot's rootfs hash tree parameters."""
     entries = [
         cpio.directory("bin"),
@@ -62,7 +62,8 @@ def build_initramfs(
         entries.append(cpio.file(f"lib/modules/{name}", module.read_bytes()))
         names.append(name)
     entries.append(cpio.file("etc/modules", ("\n".join(names) + "\n").encode()))
-    entries.append(cpio.file("etc/root-prefix", f"{root_prefix}\n".encode()))
+    disk_id = DISK_LABEL_ID.removeprefix("0x")
+    entries.append(cpio.file("etc/disk-id", f"{disk_id}\n".encode()))
     entries.append(cpio.file("etc/verity", verity_file(verity)))
     return compress(cpio.archive(entries, mtime=mtime))
 

@@ -96,3 +96,30 @@ def resolve_modules(kernel: KernelTree, names: tuple[str, ...] | list[str]) -> l
     for name in names:
         visit(name, ())
     return ordered
+
+
+# Raspberry Pi's kernel turns `reboot "0 tryboot"` into the firmware's one-shot trial
+# flag: its drivers/firmware/raspberrypi.c compares the reboot argument with "tryboot"
+# and sends the SET_REBOOT_FLAGS mailbox tag. Mainline Linux (Debian's linux-image-arm64)
+# only notifies the firmware of a reboot and drops the argument; its kernel holds no
+# such string.
+TRYBOOT_TOKEN = b"tryboot\x00"
+FIRMWARE_DRIVER = "raspberrypi"
+
+
+def passes_tryboot(kernel: KernelTree) -> bool:
+    """Whether this kernel hands the reboot argument "tryboot" to the Pi firmware: the
+    string is in the Image itself or in its firmware driver module."""
+    if TRYBOOT_TOKEN in _image_bytes(kernel.image):
+        return True
+    driver = module_index(kernel).get(FIRMWARE_DRIVER)
+    return driver is not None and TRYBOOT_TOKEN in driver.read_bytes()
+
+
+def _image_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":  # a gzip'd Image (arm64 kernels do not unpack themselves)
+        import gzip
+
+        return gzip.decompress(data)
+    return data

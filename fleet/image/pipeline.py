@@ -106,6 +106,13 @@ def build(
     if len(kernel_pkg) != 1:
         raise BuildError(f"expected one kernel among {profile.kernel.package}'s packages")
     ktree = kernel.find_kernel(roots[kernel_pkg[0]])
+    if profile.boot_method == "rpi-tryboot" and not kernel.passes_tryboot(ktree):
+        raise BuildError(
+            f"board {profile.name} boots by rpi-tryboot, but kernel {ktree.version} "
+            f"({kernel_pkg[0]}) does not pass the tryboot flag to the Pi firmware: every "
+            "trial would boot the old slot. Use boot method uboot-ab, or a kernel that "
+            "passes it (Raspberry Pi's; docs/ab-update.md)"
+        )
     boot_modules = kernel.resolve_modules(ktree, profile.kernel.boot_modules)
     wanted = [*profile.kernel.modules, *profile.network.modules]
     if profile.watchdog_module:
@@ -258,14 +265,12 @@ def _boot_files(
     image.write_bytes(gzip.compress(ktree.image.read_bytes(), compresslevel=9, mtime=mtime))
     initrd = folder / "initrd.zst"
     busybox = roots["busybox-static"] / "bin/busybox"
-    storage = profile.storage
     initrd.write_bytes(
         initramfs.build_initramfs(
             busybox,
             ktree,
             boot_modules,
             mtime,
-            f"{storage.linux_disk}{storage.partition_prefix}",
             mapper=mapper,
             verity=root_verity,
         )
@@ -314,7 +319,10 @@ def _firmware_partition(
     folder.mkdir()
     files: dict[str, Path] = {}
     if profile.boot_method == "uboot-ab":
-        files["boot.scr"] = bootscript.make_uboot_script(profile, folder)
+        files["boot.scr"] = bootscript.make_uboot_script(folder)
+        board_file = folder / "uboot-board.txt"
+        board_file.write_text(bootscript.uboot_board_text(profile))
+        files[bootscript.BOARD_FILE] = board_file
         if profile.bootloader and profile.bootloader.saved_env:
             name = profile.bootloader.saved_env
             (folder / name).write_bytes(bootscript.uboot_saved_env(profile))
@@ -327,17 +335,18 @@ def _firmware_partition(
         name = loader.install.removeprefix("file:")
         shutil.copyfile(roots[loader.package] / loader.file, folder / name)
         files[name] = folder / name
-        # The Pi firmware reads config.txt to load U-Boot in 64-bit mode.
-        (folder / "config.txt").write_text(
-            "\n".join(["arm_64bit=1", "enable_uart=1", f"kernel={name}", *bootscript.FAST_FIRMWARE])
-            + "\n"
-        )
-        files["config.txt"] = folder / "config.txt"
+        # The Pi firmware reads config.txt to load U-Boot in 64-bit mode, and hands it the
+        # device tree named here: Debian's kernel has mainline's names, which are not
+        # always the firmware's own (a CM4's is bcm2711-rpi-cm4-io.dtb, not -cm4.dtb).
+        lines = ["arm_64bit=1", "enable_uart=1", f"kernel={name}", *bootscript.FAST_FIRMWARE]
         if profile.kernel.dtb:
             # QEMU (standing in for the GPU firmware) and the firmware itself read it here.
             dtb_name = Path(profile.kernel.dtb).name
             shutil.copyfile(ktree.dtb(profile.kernel.dtb), folder / dtb_name)
             files[dtb_name] = folder / dtb_name
+            lines.append(f"device_tree={dtb_name}")
+        (folder / "config.txt").write_text("\n".join(lines) + "\n")
+        files["config.txt"] = folder / "config.txt"
     if profile.firmware is not None and profile.boot_method == "uboot-ab":
         # The GPU firmware that loads U-Boot reads its files from the first partition.
         files.update(_firmware_files(folder, profile, roots))

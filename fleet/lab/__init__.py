@@ -201,6 +201,7 @@ def _flash(
     # agent's key (updates, status) and the shell key (fleet lab ssh, development images).
     allowed = provision.with_defaults(settings, name, [public_key.strip()])
     provision.write(target, replace(allowed, shell_keys=(shell_key.strip(),)))
+    disk.add_kernel_args(target, profile.qemu.kernel_args)
 
     ssh_port = free_loopback_port()
     http_port = free_loopback_port({ssh_port})

@@ -72,5 +72,27 @@ def extract(disk: Path, member: str, dest: Path) -> bool:
     return True
 
 
+def add_kernel_args(disk: Path, args: tuple[str, ...]) -> None:
+    """Add ``args`` to the kernel command line the boot script builds (fleet_bootargs in
+    partition 1's fleet/uboot-board.txt): what an emulated board needs that a real one
+    does not, so the image itself stays the one a real board gets."""
+    if not args:
+        return
+    from fleet.image.bootscript import BOARD_FILE
+
+    image = _image(disk, first_partition_offset(disk))
+    proc = run(["mtype", "-i", image, f"::/{BOARD_FILE}"], env=MTOOLS_ENV, check=False)
+    if proc.returncode != 0:
+        raise LabError(f"{disk}: no {BOARD_FILE} on partition 1 (not a uboot-ab image?)")
+    kept = [line for line in proc.stdout.decode().splitlines()
+            if not line.startswith("fleet_bootargs=")]
+    staged = disk.with_name(f".{disk.name}.board.txt")
+    staged.write_text("\n".join([*kept, "fleet_bootargs=" + " ".join(args)]) + "\n")
+    try:
+        run(["mcopy", "-o", "-i", image, staged, f"::/{BOARD_FILE}"], env=MTOOLS_ENV)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
 def remove_tree(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fleet.boards import BoardProfile
 from fleet.errors import LabError, ProgramError
-from fleet.image.bootscript import BOOTDELAY, uboot_env_blob
+from fleet.image.bootscript import BOOTDELAY, RUN_BOOT_SCR, boot_disk_env, uboot_env_blob
 from fleet.lab.state import Board, Extract, kill
 from fleet.run import run
 
@@ -84,13 +84,9 @@ def write_flash_env(profile: BoardProfile, board_dir: Path, bios: Path, bootdela
     gives a person time to stop U-Boot at its prompt from the console)."""
     assert profile.qemu is not None and profile.bootloader is not None
     _, bank, size = FLASH_ENV[profile.qemu.machine]
-    disk = profile.storage.uboot_disk
-    bootcmd = (
-        f"bootcmd=pci enum; virtio scan; load {disk}:1 ${{scriptaddr}} boot.scr "
-        "&& source ${scriptaddr}; run distro_bootcmd"
-    )
+    bootcmd = f"bootcmd=pci enum; virtio scan; {RUN_BOOT_SCR}; run distro_bootcmd"
     delay = BOOTDELAY if bootdelay <= 0 else f"bootdelay={bootdelay}"
-    overrides = [*profile.bootloader.env, delay, bootcmd]
+    overrides = [*profile.bootloader.env, *boot_disk_env(profile), delay, bootcmd]
     names = {item.split("=", 1)[0] for item in overrides}
     items = [i for i in default_env(bios) if i.split("=", 1)[0] not in names] + overrides
     with open(flash_env_image(board_dir), "wb") as handle:

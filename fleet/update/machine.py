@@ -288,6 +288,8 @@ def _judge(run: _Run, now: BoardStatus) -> r.UpdateResult | None:
     events = record.split()[3:] if mine else []
     if any(e.startswith("rollback:") for e in events):
         reason = r.HEALTH_FAILED if "health" in record else r.TIMEOUT
+    elif "tryboot-not-honoured" in events:
+        reason = r.TRYBOOT_NOT_HONOURED
     elif "booted" in events:
         reason = r.TIMEOUT  # the trial reached userspace but never decided: hung, reset
     else:

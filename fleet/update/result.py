@@ -25,6 +25,9 @@ EXIT_CODES = {
 # Reasons of a rollback, as the host tells them apart from the board's trial record.
 HEALTH_FAILED = "health failed"
 BOOT_FAILED = "boot failed"
+# rpi-tryboot: `try` asked for the firmware's one-shot trial, and the board came back on
+# its old slot as a normal boot, the trial never started.
+TRYBOOT_NOT_HONOURED = "tryboot flag not honoured"
 TIMEOUT = "timeout"
 
 

@@ -167,12 +167,12 @@ def test_binary_needing_a_library_missing_from_the_image_is_refused(
     assert after == before
 
 
-def test_build_for_an_unverified_board_says_why(tmp_path: Path) -> None:
+def test_build_for_an_unsupported_board_says_why(tmp_path: Path) -> None:
     proc = fleet("build", "--board", "rpi5", "--project", REPO / "examples" / "hello-c",
                  "--out", tmp_path / "out", check=False)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("fleet: error: board rpi5 is unverified: Debian 12's kernel")
+    assert proc.stderr.startswith("fleet: error: board rpi5 is not supported: Debian 12's kernel")
     assert not (tmp_path / "out").exists()
     listed = fleet("boards").stdout
-    assert "[unverified: Debian 12's kernel" in next(
+    assert "[unsupported: Debian 12's kernel" in next(
         line for line in listed.splitlines() if line.startswith("rpi5 "))

@@ -72,8 +72,8 @@ def test_cli_lists_and_shows_profiles(tmp_path: Path) -> None:
     assert "rpi3b.toml: field 'arch'" in bad.stderr
 
 
-def test_rpi5_is_marked_unverified_with_the_reason() -> None:
-    """Issue 10, item 16: Debian 12's kernel cannot boot a Pi 5; the profile says so."""
+def test_rpi5_is_marked_unsupported_with_the_reason() -> None:
+    """Issue 18, item 4: nothing in Debian 12 boots a Pi 5; the profile says so."""
     profiles = {p.name: p for p in all_profiles()}
-    assert "BCM2712" in (profiles["rpi5"].unverified or "")
-    assert [n for n, p in profiles.items() if p.unverified] == ["rpi5"]
+    assert "BCM2712" in (profiles["rpi5"].unsupported or "")
+    assert [n for n, p in profiles.items() if p.unsupported] == ["rpi5"]

@@ -66,26 +66,6 @@ def test_virt_board_boots_to_the_app(hello_virt: Built) -> None:
         fleet("lab", "down", "boot-virt")
 
 
-def test_raspberry_pi_3_boots_to_a_healthy_app(
-    tmp_path_factory: pytest.TempPathFactory, hello_virt: Built
-) -> None:
-    disk = build_copy(tmp_path_factory, hello_virt, "hello-c", "rpi3b")
-    # `up` waits for the SSH banner too: the network is QEMU's usb-net on the Pi's dwc2.
-    up = json.loads(fleet("lab", "up", "--board", "rpi3b", "--disk", disk,
-                          "--name", "boot-rpi3b", "--timeout", "300",
-                          "--json", timeout=400).stdout)
-    try:
-        console = wait_for_console(Path(up["console_log"]), "fleet: app healthy", 240)
-        assert "fleet: booting slot A" in console
-        assert "host rpi3b" in console or "host boot-rpi3b" in console
-        # U-Boot no longer scans USB, so Linux gets the port's connect event.
-        assert "Not connected" not in console
-        slot = fleet("lab", "ssh", "boot-rpi3b", "--", "cat", "/run/fleet/slot")
-        assert slot.stdout.strip() == "A"
-    finally:
-        fleet("lab", "down", "boot-rpi3b")
-
-
 def test_go_app_image_boots_and_answers(
     tmp_path_factory: pytest.TempPathFactory, hello_virt: Built
 ) -> None:
