@@ -41,8 +41,9 @@ def build_initramfs(
     """A zstd-compressed newc archive; the same inputs give the same bytes.
 
     etc/disk-id (the image's MBR disk identifier) names the root partitions by PARTUUID
-    when the bootloader does not (the Pi firmware's tryboot). ``mapper`` is the static fleet-verity program
-    (it also loads the modules), ``verity`` the slot's rootfs hash tree parameters."""
+    when the bootloader does not (the Pi firmware's tryboot). ``mapper`` is the static
+    fleet-verity program (it also loads the modules), ``verity`` the slot's rootfs hash
+    tree parameters."""
     entries = [
         cpio.directory("bin"),
         cpio.file("bin/busybox", busybox.read_bytes(), executable=True),
