@@ -70,6 +70,28 @@ class Network:
 
 
 @dataclass(frozen=True)
+class Wifi:
+    """A board's WiFi: the driver, its firmware and the client (wpa_supplicant), carried
+    by the image when the board needs it (``default``) or its project asks for it."""
+
+    interface: str
+    modules: tuple[str, ...]
+    firmware_package: str | None
+    firmware: tuple[str, ...]  # paths inside firmware_package
+    # Why the chip's firmware is not carried (no Debian suite ships it), or None.
+    firmware_missing: str | None
+    default: bool
+
+
+@dataclass(frozen=True)
+class Gadget:
+    """Ethernet over the board's USB device port (a USB network gadget)."""
+
+    interface: str
+    modules: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Qemu:
     machine: str
     cpu: str | None
@@ -104,6 +126,8 @@ class BoardProfile:
     # Why this board cannot boot fleet's images (None: it can): `fleet boards` lists it
     # as unsupported and `fleet build` refuses it with the reason.
     unsupported: str | None = None
+    wifi: Wifi | None = None
+    gadget: Gadget | None = None
 
     @property
     def debian_arch(self) -> str:
@@ -159,6 +183,8 @@ def load_profile(path: Path) -> BoardProfile:
         usb_ids=tuple(_usb_ids(top)),
         qemu=_qemu(top),
         source=path,
+        wifi=_wifi(top),
+        gadget=_gadget(top),
     )
     for table in (top, boot, kernel, storage, network):
         table.reject_unknown()
@@ -220,6 +246,35 @@ def _firmware(top: Table) -> Firmware | None:
     )
     table.reject_unknown()
     return firmware
+
+
+def _wifi(top: Table) -> Wifi | None:
+    if "wifi" not in top.data:
+        top.table("wifi", required=False)
+        return None
+    table = top.table("wifi")
+    wifi = Wifi(
+        interface=table.str("interface"),
+        modules=tuple(table.str_list("modules")),
+        firmware_package=table.opt_str("firmware_package"),
+        firmware=tuple(table.str_list("firmware", default=[])),
+        firmware_missing=table.opt_str("firmware_missing"),
+        default=table.bool("default", default=False),
+    )
+    if wifi.firmware and wifi.firmware_package is None:
+        raise table.error("firmware", "needs firmware_package, the package that holds them")
+    table.reject_unknown()
+    return wifi
+
+
+def _gadget(top: Table) -> Gadget | None:
+    if "usb_gadget" not in top.data:
+        top.table("usb_gadget", required=False)
+        return None
+    table = top.table("usb_gadget")
+    gadget = Gadget(interface=table.str("interface"), modules=tuple(table.str_list("modules")))
+    table.reject_unknown()
+    return gadget
 
 
 def _usb_ids(top: Table) -> list[str]:

@@ -49,6 +49,9 @@ class Project:
     port: int  # the app's TCP port (forwarded by virtual boards)
     health: Health
     packages: tuple[str, ...]  # extra Debian packages the app needs at run time
+    # [image] wifi: carry the board's WiFi (driver, firmware, client) or not; None: as
+    # the board profile says (a Zero 2 W's always do).
+    wifi: bool | None = None
 
     @property
     def lock_path(self) -> Path:
@@ -96,6 +99,7 @@ def load_project(folder: Path) -> Project:
             check_timeout_s=health.int("check_timeout", default=10, minimum=1),
         ),
         packages=tuple(top.str_list("packages", default=[])),
+        wifi=_wifi_choice(top),
     )
     if project.port > 65535:
         raise run.error("port", f"must be at most 65535, got {project.port}")
@@ -106,3 +110,13 @@ def load_project(folder: Path) -> Project:
     for table in (top, app, build, run, health):
         table.reject_unknown()
     return project
+
+
+def _wifi_choice(top: Table) -> bool | None:
+    if "image" not in top.data:
+        top.table("image", required=False)
+        return None
+    image = top.table("image")
+    choice = image.bool("wifi") if "wifi" in image.data else None
+    image.reject_unknown()
+    return choice

@@ -150,6 +150,9 @@ def flash(
     config_file: provision_opts.ConfigFileOpt = None,
     settings_file: provision_opts.SettingsOpt = None,
     serial: provision_opts.SerialOpt = None,
+    wifi_ssid: provision_opts.WifiSsidOpt = None,
+    wifi_psk_file: provision_opts.WifiPskOpt = None,
+    wifi_country: provision_opts.WifiCountryOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Write IMAGE to a USB disk, SD card or board, then read it back to prove it.
@@ -158,8 +161,8 @@ def flash(
     data are written, each checked against its SHA-256. Refuses system drives, mounted
     or too-small targets; asks before writing unless --yes, which needs --device.
 
-    With --hostname, --authorized-key, --network, --config-file or --settings the board's
-    own settings then go into its first partition (docs/provisioning.md); they are
+    With --hostname, --authorized-key, --network, --config-file, --wifi-* or --settings
+    the board's own settings then go into its first partition (docs/provisioning.md); they are
     checked before anything is written.
 
     Examples: fleet flash out/disk.img --wait; fleet flash disk.img.zst -d /dev/sdb --yes;
@@ -174,7 +177,8 @@ def flash(
     if not image.is_file():
         raise UsageError(f"image {image} does not exist")
     settings = provision_opts.requested(
-        hostname, authorized_key, network, config_file, settings_file, serial or usb_serial
+        hostname, authorized_key, network, config_file, settings_file, serial or usb_serial,
+        wifi_ssid=wifi_ssid, wifi_psk_file=wifi_psk_file, wifi_country=wifi_country,
     )
     the_bmap, bmap_path = find_bmap(image, bmap, not no_bmap)
     with open_image(image) as source:

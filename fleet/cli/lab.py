@@ -108,6 +108,9 @@ def up(
     network: provision_opts.NetworkOpt = None,
     config_file: provision_opts.ConfigFileOpt = None,
     settings_file: provision_opts.SettingsOpt = None,
+    wifi_ssid: provision_opts.WifiSsidOpt = None,
+    wifi_psk_file: provision_opts.WifiPskOpt = None,
+    wifi_country: provision_opts.WifiCountryOpt = None,
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Flash DISK onto a new virtual board and boot it; return when it is up.
@@ -121,7 +124,8 @@ def up(
     """
     # Checked before the disk is copied, so a bad value leaves no board behind.
     settings = provision_opts.requested(
-        hostname, authorized_key, network, config_file, settings_file
+        hostname, authorized_key, network, config_file, settings_file,
+        wifi_ssid=wifi_ssid, wifi_psk_file=wifi_psk_file, wifi_country=wifi_country,
     )
     if in_place:  # the device itself gets the settings: fleet flash's refusals apply
         provision_opts.check_device(disk_image)

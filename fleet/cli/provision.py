@@ -60,6 +60,26 @@ RecreateOpt = Annotated[
 ]
 
 
+WifiSsidOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--wifi-ssid", help="The WiFi network to join (boards with WiFi; see fleet boards)."
+    ),
+]
+WifiPskOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--wifi-psk-file",
+        help="File with the WiFi passphrase on its first line (or a 64-hex-digit key); the "
+        "card gets only the key derived from it, as wpa_passphrase makes it.",
+    ),
+]
+WifiCountryOpt = Annotated[
+    str | None,
+    typer.Option("--wifi-country", help="WiFi regulatory country, ISO 3166 (e.g. GB, DE, US)."),
+]
+
+
 def requested(
     hostname: str | None = None,
     keys: list[Path] | None = None,
@@ -68,12 +88,18 @@ def requested(
     settings: Path | None = None,
     serial: str | None = None,
     recreate_data: bool = False,
+    wifi_ssid: str | None = None,
+    wifi_psk_file: Path | None = None,
+    wifi_country: str | None = None,
 ) -> provision.Settings | None:
     """The settings these options ask for, every value checked; None when none is given.
 
     fleet.provision (TOML, address and key parsing) is imported only when settings are
     given, so that a plain ``fleet flash`` starts without it."""
-    if not (hostname or keys or network or config_files or settings or recreate_data):
+    wifi = (wifi_ssid, wifi_psk_file, wifi_country)
+    if not (hostname or keys or network or config_files or settings or recreate_data) and not any(
+        v is not None for v in wifi
+    ):
         return None
     from fleet import provision
 
@@ -86,6 +112,9 @@ def requested(
             settings_file=settings,
             serial=serial,
             recreate_data=recreate_data,
+            wifi_ssid=wifi_ssid,
+            wifi_psk_file=wifi_psk_file,
+            wifi_country=wifi_country,
         )
     )
 
@@ -116,6 +145,9 @@ def provision_cmd(
     settings: SettingsOpt = None,
     serial: SerialOpt = None,
     recreate_data: RecreateOpt = False,
+    wifi_ssid: WifiSsidOpt = None,
+    wifi_psk_file: WifiPskOpt = None,
+    wifi_country: WifiCountryOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Write per-board settings into TARGET's first partition, leaving the signed slots
@@ -126,10 +158,12 @@ def provision_cmd(
 
     Examples:
     fleet provision out/disk.img --hostname kiosk-01 --authorized-key ~/.ssh/id_ed25519.pub;
-    fleet provision /dev/sdb --settings boards.toml --hostname kiosk-02
+    fleet provision /dev/sdb --settings boards.toml --hostname kiosk-02;
+    fleet provision out/disk.img --wifi-ssid Workshop --wifi-psk-file wifi.txt --wifi-country GB
     """
     result = requested(
-        hostname, authorized_key, network, config_file, settings, serial, recreate_data
+        hostname, authorized_key, network, config_file, settings, serial, recreate_data,
+        wifi_ssid, wifi_psk_file, wifi_country,
     )
     if result is None:
         raise typer.BadParameter("give at least one setting (see --help)")

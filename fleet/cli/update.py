@@ -182,6 +182,15 @@ def status(
         lines.append(f"  last trial: {state.last_trial}")
     if raw.get("last_fallback"):
         lines.append(f"  last fallback: {raw.get('last_fallback')}")
+    wifi = raw.get("wifi")
+    if isinstance(wifi, dict):
+        # The board's words, shown as text only (markup is off below).
+        where = f", address {wifi.get('address')}" if wifi.get("address") else ""
+        lines.append(
+            f"  wifi {wifi.get('interface')}: {wifi.get('state')}"
+            + (f", network {wifi.get('ssid')!r}" if wifi.get("ssid") else "")
+            + where
+        )
     data = raw.get("data")
     if isinstance(data, dict):
         lines.append(

@@ -28,6 +28,7 @@ from fleet.image import (
     report,
     rootfs,
     verity,
+    wireless,
 )
 from fleet.image.app import DEFAULT_EPOCH, build_app, source_files
 from fleet.image.elf import check_tree
@@ -60,6 +61,7 @@ def _packages_for(profile: BoardProfile, project: Project) -> list[str]:
         names.append(loader.package)
     if profile.firmware is not None:
         names.append(profile.firmware.package)
+    names += wireless.packages(profile, project)
     return sorted(set(names))
 
 
@@ -115,6 +117,7 @@ def build(
         )
     boot_modules = kernel.resolve_modules(ktree, profile.kernel.boot_modules)
     wanted = [*profile.kernel.modules, *profile.network.modules]
+    wanted += wireless.modules(profile, project)
     if profile.watchdog_module:
         wanted.append(profile.watchdog_module)
     system_modules = [m for m in kernel.resolve_modules(ktree, wanted) if m not in boot_modules]

@@ -14,6 +14,7 @@ from pathlib import Path
 from fleet import data_dir
 from fleet.boards import BoardProfile
 from fleet.errors import BuildError
+from fleet.image import wireless
 from fleet.image.elf import needed_closure
 from fleet.image.kernel import KernelTree
 from fleet.project import Project
@@ -27,6 +28,7 @@ BASE_PROGRAMS = {
     "signify-openbsd": ["bin/signify-openbsd"],
 }
 BASE_PACKAGES = tuple(BASE_PROGRAMS)
+PROGRAM_FOLDERS = ("bin/", "sbin/", "usr/bin/", "usr/sbin/")
 # The app and its health check run as this user (fleet-tool as-user), never as root.
 APP_UID = 1000
 
@@ -109,6 +111,7 @@ APPLETS = [
     "true",
     "tty",
     "udhcpc",
+    "udhcpd",
     "umount",
     "uname",
     "uptime",
@@ -144,6 +147,7 @@ SBIN_APPLETS = {
     "poweroff",
     "halt",
     "udhcpc",
+    "udhcpd",
     "watchdog",
 }
 
@@ -252,7 +256,8 @@ def assemble(
             staged.add_link(f"{folder}/{applet}", "/bin/busybox", "busybox-static")
 
     for package in project.packages:
-        _add_whole_package(staged, package, _package_root(packages, package))
+        programs += _add_whole_package(staged, package, _package_root(packages, package))
+    programs += wireless.stage(staged, profile, project, packages)
 
     app_rel = f"app/bin/{project.build.output}"
     staged.add_file(app_rel, app_binary, "app", 0o755)
@@ -293,7 +298,9 @@ def _package_root(packages: dict[str, Path], name: str) -> Path:
     return packages[name]
 
 
-def _add_whole_package(staged: Staged, package: str, root: Path) -> None:
+def _add_whole_package(staged: Staged, package: str, root: Path) -> list[str]:
+    """Add a package's files; returns its programs, whose libraries the image needs."""
+    found: list[str] = []
     skip = (
         "usr/share/doc",
         "usr/share/man",
@@ -309,6 +316,9 @@ def _add_whole_package(staged: Staged, package: str, root: Path) -> None:
             staged.add_link(rel, os.readlink(path), package)
         else:
             staged.add_file(rel, path, package)
+            if rel.startswith(PROGRAM_FOLDERS) and path.stat().st_mode & 0o111:
+                found.append(rel)
+    return found
 
 
 def _add_libraries(staged: Staged, packages: dict[str, Path], programs: list[str]) -> None:
@@ -396,6 +406,11 @@ def _add_system_files(
         "agent-ssh",
     ):
         staged.add_file(f"etc/fleet/{name}", DEVICE_DIR / name, "fleet", 0o755)
+    wifi = wireless.wifi_for(profile, project)
+    if wifi is not None:
+        staged.add_file("etc/fleet/wifi-up", DEVICE_DIR / "wifi-up", "fleet", 0o755)
+    if profile.gadget is not None:
+        staged.add_file("etc/fleet/gadget-up", DEVICE_DIR / "gadget-up", "fleet", 0o755)
     staged.add_file("etc/inittab", DEVICE_DIR / "inittab", "fleet", 0o644)
     staged.add_file("etc/fstab", DEVICE_DIR / "fstab", "fleet", 0o644)
     staged.add_link("sbin/init", "/bin/busybox", "busybox-static")
@@ -417,6 +432,8 @@ def _add_system_files(
                 "FLEET_FIRMWARE_DEV": storage.partition(1),
                 "FLEET_DATA_DEV": storage.partition(7),
                 "FLEET_NET_IF": profile.network.interface,
+                "FLEET_WIFI_IF": wifi.interface if wifi else "",
+                "FLEET_GADGET_IF": profile.gadget.interface if profile.gadget else "",
                 "FLEET_WATCHDOG": profile.watchdog_module or "",
                 "FLEET_SHELL_KEYS": "yes" if development else "no",
             }

@@ -10,6 +10,7 @@ The board reads them at every boot (fleet/device/rc.sysinit). Layout on partitio
     fleet/hostname         one line
     fleet/authorized_keys  OpenSSH authorized_keys lines
     fleet/network          key=value lines: mode=dhcp, or mode=static + address etc.
+    fleet/wifi             ssid=, psk= (derived key), country= (fleet.provision.wifi)
     fleet/files/...        copied to /data/app/config/... (a mirror) at every boot
     fleet/data-recreate    present: recreate the data filesystem if it is damaged
 

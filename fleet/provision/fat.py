@@ -83,6 +83,8 @@ def _stage(settings: Settings, stage: Path) -> list[str]:
         singles["network"] = settings.network.render()
     if settings.recreate_data:
         singles["data-recreate"] = "requested by fleet provisioning\n"
+    if settings.wifi is not None:
+        singles["wifi"] = settings.wifi.render()
     for name, text in singles.items():
         (stage / name).write_text(text)
     if settings.files is not None:

@@ -19,6 +19,8 @@ from fleet.provision.values import (
     parse_network,
     read_key_file,
 )
+from fleet.provision.wifi import Wifi
+from fleet.provision.wifi import parse as parse_wifi
 from fleet.schema import Table, load_toml
 
 
@@ -33,6 +35,7 @@ class Settings:
     # Keys a development image lets in to a shell (the lab's); every authorized key may
     # run only the agent's verbs, and a production image ignores these.
     shell_keys: tuple[str, ...] = ()
+    wifi: Wifi | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -43,6 +46,9 @@ class Settings:
             if self.files is None
             else [f"{CONFIG_DIR}/{f.dest}" for f in self.files],
             "recreate_data": self.recreate_data,
+            "wifi": None
+            if self.wifi is None
+            else {"ssid": self.wifi.ssid.decode("utf-8", "replace"), "country": self.wifi.country},
         }
 
 
@@ -57,6 +63,9 @@ class Options:
     settings_file: Path | None = None
     serial: str | None = None
     recreate_data: bool = False
+    wifi_ssid: str | None = None
+    wifi_psk_file: Path | None = None
+    wifi_country: str | None = None
 
 
 def from_options(opts: Options) -> Settings:
@@ -79,7 +88,12 @@ def from_options(opts: Options) -> Settings:
         if opts.config_files
         else base.files,
         recreate_data=opts.recreate_data or base.recreate_data,
+        wifi=parse_wifi(opts.wifi_ssid, opts.wifi_psk_file, opts.wifi_country)
+        if opts.wifi_ssid is not None
+        else base.wifi,
     )
+    if opts.wifi_ssid is None and (opts.wifi_psk_file or opts.wifi_country):
+        raise UsageError("--wifi-psk-file and --wifi-country need --wifi-ssid")
     return settings
 
 
@@ -108,6 +122,7 @@ class SettingsFile:
                 network=entry.network or defaults.network,
                 files=entry.files if entry.files is not None else defaults.files,
                 recreate_data=entry.recreate_data or defaults.recreate_data,
+                wifi=entry.wifi or defaults.wifi,
             )
             assert merged.hostname is not None
             for key, seen, what in (
@@ -195,8 +210,20 @@ def _entry(table: Table, base: Path, need_hostname: bool) -> Settings:
         except UsageError as exc:
             raise table.error("config_files", str(exc)) from exc
     recreate = table.bool("recreate_data", False)
+    wifi = None
+    ssid = table.opt_str("wifi_ssid")
+    psk_file = table.opt_str("wifi_psk_file")
+    country = table.opt_str("wifi_country")
+    if ssid is not None:
+        try:
+            wifi = parse_wifi(ssid, _resolve(base, psk_file) if psk_file else None, country,
+                              "wifi")
+        except UsageError as exc:
+            raise table.error("wifi_ssid", str(exc)) from exc
+    elif psk_file is not None or country is not None:
+        raise table.error("wifi_ssid", "missing (wifi_psk_file and wifi_country need it)")
     table.reject_unknown()
-    return Settings(hostname, tuple(keys), network, files, recreate, serial)
+    return Settings(hostname, tuple(keys), network, files, recreate, serial, wifi=wifi)
 
 
 def _resolve(base: Path, name: str) -> Path:
@@ -216,6 +243,8 @@ def describe(settings: Settings) -> str:
         parts.append(f"{len(settings.files)} config file(s)")
     if settings.recreate_data:
         parts.append("recreate damaged data")
+    if settings.wifi is not None:
+        parts.append(settings.wifi.describe())
     return ", ".join(parts) or "nothing"
 
 
