@@ -36,6 +36,8 @@ def boards(
         line = f"{p.name:<18} {p.arch:<8} {p.boot_method:<12} {kind:<8} {p.description}"
         if p.unsupported:
             line += f" [unsupported: {p.unsupported}]"
+        if p.wifi is not None and p.wifi.firmware_missing:
+            line += f" [wifi: {p.wifi.firmware_missing}]"
         out.print(line)
 
 

@@ -162,3 +162,52 @@ def test_rpi_tryboot_image_with_a_kernel_that_passes_the_flag(
                     "usr/sbin/fleet-reboot"], check=True, capture_output=True)
     helper = read(extracted / "usr/sbin/fleet-reboot")
     assert helper.machine_name == "AArch64"
+
+
+def rootfs_names(out: Path, tmp_path: Path) -> set[str]:
+    listing = subprocess.run(["unsquashfs", "-l", "-d", "", out / "release" / "rootfs.squashfs"],
+                             capture_output=True, text=True, check=True).stdout
+    return {line.strip().lstrip("/") for line in listing.splitlines() if line.strip()}
+
+
+WIFI_PARTS = ("usr/sbin/wpa_supplicant", "etc/fleet/wifi-up", "brcmfmac.ko", "lib/firmware/brcm/")
+GADGET_PARTS = ("etc/fleet/gadget-up", "g_ether.ko", "dwc2.ko")
+
+
+def carries(names: set[str], part: str) -> bool:
+    return any(name == part or name.endswith("/" + part) or name.startswith(part) for name in names)
+
+
+def test_zero2w_carries_its_wifi_and_usb_gadget_and_others_carry_none(
+    tmp_path: Path, hello_virt: Built
+) -> None:
+    app = copy_example("hello-c", tmp_path / "app", lock_from=hello_virt.app)
+    images = {}
+    for board in ("zero2w", "rpi3b"):
+        out = tmp_path / board
+        fleet("build", "--board", board, "--project", app, "--out", out, "--key", hello_virt.key)
+        images[board] = rootfs_names(out, tmp_path)
+    zero = images["zero2w"]
+    for part in (*WIFI_PARTS, *GADGET_PARTS):
+        assert carries(zero, part), part
+    # The chip firmware Debian has (43430: bin and clm_blob); the 43436's is nowhere.
+    assert {"lib/firmware/brcm/brcmfmac43430-sdio.bin",
+            "lib/firmware/brcm/brcmfmac43430-sdio.clm_blob"} <= zero
+    assert not any("43436" in name for name in zero)
+    listed = next(line for line in fleet("boards").stdout.splitlines()
+                  if line.startswith("zero2w "))
+    assert "[wifi: the firmware of the Zero 2 W's BCM43436 chip" in listed
+    # A profile without WiFi by default carries none of it, and no gadget.
+    for part in (*WIFI_PARTS, *GADGET_PARTS):
+        assert not carries(images["rpi3b"], part), part
+
+    # ... unless its project asks: [image] wifi = true.
+    asked = copy_example("hello-c", tmp_path / "asked", lock_from=hello_virt.app)
+    toml = asked / "fleet.toml"
+    toml.write_text(toml.read_text() + "\n[image]\nwifi = true\n")
+    out = tmp_path / "rpi3b-wifi"
+    fleet("build", "--board", "rpi3b", "--project", asked, "--out", out, "--key", hello_virt.key)
+    names = rootfs_names(out, tmp_path)
+    assert carries(names, "usr/sbin/wpa_supplicant") and carries(names, "brcmfmac.ko")
+    assert "lib/firmware/brcm/brcmfmac43430-sdio.raspberrypi,3-model-b.txt" in names
+    assert not carries(names, "g_ether.ko")

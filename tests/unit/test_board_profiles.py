@@ -21,7 +21,11 @@ def test_the_six_profiles_load() -> None:
     virt = get_profile("qemu-virt-arm64", BOARDS)
     assert virt.arch == "aarch64" and virt.boot_method == "uboot-ab" and virt.virtual
     assert virt.qemu is not None and virt.qemu.machine == "virt"
-    assert get_profile("rpi4b", BOARDS).boot_method == "rpi-tryboot"
+    # Issue 18: the Pi 4 and CM4 boot through Debian's U-Boot, like every Pi fleet builds.
+    for name in ("rpi3b", "rpi4b", "cm4", "zero2w"):
+        profile = get_profile(name, BOARDS)
+        assert profile.boot_method == "uboot-ab", name
+        assert profile.bootloader is not None and profile.bootloader.package == "u-boot-rpi"
     assert get_profile("cm4", BOARDS).usb_ids == ("0a5c:2711",)
 
 
@@ -62,7 +66,7 @@ def test_cli_lists_and_shows_profiles(tmp_path: Path) -> None:
     for name in ("qemu-virt-arm64", "rpi3b", "rpi4b", "rpi5", "cm4", "zero2w"):
         assert name in listing
     shown = fleet("boards", "show", "rpi4b").stdout
-    assert "boot_method: rpi-tryboot" in shown
+    assert "boot_method: uboot-ab" in shown and "file: usr/lib/u-boot/rpi_arm64/u-boot.bin" in shown
     unknown = fleet("boards", "show", "nope", check=False)
     assert unknown.returncode == 2
     assert unknown.stderr.strip().startswith("fleet: error: unknown board 'nope'")
@@ -77,3 +81,25 @@ def test_rpi5_is_marked_unsupported_with_the_reason() -> None:
     profiles = {p.name: p for p in all_profiles()}
     assert "BCM2712" in (profiles["rpi5"].unsupported or "")
     assert [n for n, p in profiles.items() if p.unsupported] == ["rpi5"]
+
+
+def test_wifi_is_carried_by_default_only_where_the_board_needs_it(tmp_path: Path) -> None:
+    """Issue 18, item 5: the Zero 2 W's images carry WiFi and its USB gadget; the other
+    profiles only when the project asks, and a board without WiFi refuses the request."""
+    from dataclasses import replace
+
+    from fleet.errors import BuildError
+    from fleet.image import wireless
+    from fleet.project import load_project
+
+    profiles = {p.name: p for p in all_profiles()}
+    project = load_project(REPO / "examples" / "hello-c")
+    carried = {n for n, p in profiles.items() if wireless.wifi_for(p, project)}
+    assert carried == {"zero2w"}
+    assert [n for n, p in profiles.items() if p.gadget] == ["zero2w"]
+    asked = replace(project, wifi=True)
+    assert wireless.packages(profiles["rpi4b"], asked) == ["wpasupplicant", "firmware-brcm80211"]
+    assert wireless.modules(profiles["qemu-virt-arm64"], asked)[0] == "mac80211_hwsim"
+    assert wireless.wifi_for(profiles["zero2w"], replace(project, wifi=False)) is None
+    with pytest.raises(BuildError, match=r"board rpi5 has no WiFi, but fleet\.toml asks for it"):
+        wireless.wifi_for(profiles["rpi5"], asked)

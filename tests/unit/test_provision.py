@@ -4,12 +4,14 @@ written, and each refusal names the value and what would be accepted."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import re
 from pathlib import Path
 
 import pytest
 
 from fleet import provision
-from fleet.errors import UsageError
+from fleet.errors import ConfigError, UsageError
 
 pytestmark = pytest.mark.unit
 
@@ -131,3 +133,71 @@ def test_lab_key_comes_first_and_hostname_defaults(tmp_path: Path) -> None:
     assert merged.hostname == "b1"
     named = provision.with_defaults(provision.Settings(hostname="kiosk"), "b1", [lab_key])
     assert named.hostname == "kiosk"
+
+
+# ---- WiFi settings (fleet.provision.wifi) -----------------------------------------------
+
+
+def test_wifi_key_is_the_one_wpa_passphrase_derives() -> None:
+    from fleet.provision.wifi import derive_psk
+
+    # IEEE 802.11i-2004, annex H.4.1 test vector: passphrase "password", SSID "IEEE".
+    assert derive_psk("password", b"IEEE").hex() == (
+        "f42c6fc52df0ebef9ebb4b90b38a5f902e83fe1b135a70e23aed762e9710a12e"
+    )
+
+
+@pytest.mark.parametrize(
+    "ssid, secret, country, message",
+    [
+        ("x" * 33, "passphrase", None, "a network name is 1 to 32 bytes, got 33"),
+        ("", "passphrase", None, "a network name is 1 to 32 bytes, got 0"),
+        ("net", "short", None, "8 to 63 printable ASCII characters"),
+        ("net", "x" * 64, None, "8 to 63 printable ASCII characters"),
+        ("net", "tab\there!", None, "8 to 63 printable ASCII characters"),
+        ("net", "", None, "8 to 63 printable ASCII characters"),
+        ("net", "passphrase", "gb", "two capital letters (ISO 3166), got 'gb'"),
+        ("net", "passphrase", "GBR", "two capital letters (ISO 3166), got 'GBR'"),
+    ],
+)
+def test_bad_wifi_values_are_refused_before_anything_is_written(
+    tmp_path: Path, ssid: str, secret: str, country: str | None, message: str
+) -> None:
+    from fleet.provision.wifi import parse
+
+    psk = tmp_path / "psk"
+    psk.write_text(secret + "\n")
+    with pytest.raises(UsageError, match=re.escape(message)):
+        parse(ssid, psk, country)
+
+
+def test_wifi_settings_from_options_and_settings_file(tmp_path: Path) -> None:
+    from fleet.provision import Options, SettingsFile, from_options
+
+    (tmp_path / "psk").write_text("a-long-passphrase\n")
+    raw = "00" * 32
+    (tmp_path / "raw").write_text(raw + "\n")
+    settings = from_options(Options(hostname="k1", wifi_ssid="Workshop",
+                                    wifi_psk_file=tmp_path / "psk", wifi_country="DE"))
+    assert settings.wifi is not None
+    text = settings.wifi.render()
+    assert text.splitlines() == [
+        f"ssid={b'Workshop'.hex()}",
+        f"psk={hashlib.pbkdf2_hmac('sha1', b'a-long-passphrase', b'Workshop', 4096, 32).hex()}",
+        "country=DE",
+    ]
+    assert "a-long-passphrase" not in text
+    # A 64-hex-digit line is a key already derived.
+    direct = from_options(Options(wifi_ssid="W", wifi_psk_file=tmp_path / "raw"))
+    assert direct.wifi is not None and direct.wifi.psk.hex() == raw
+    with pytest.raises(UsageError, match="need --wifi-ssid"):
+        from_options(Options(hostname="k1", wifi_psk_file=tmp_path / "psk"))
+    boards = tmp_path / "boards.toml"
+    boards.write_text('[defaults]\nwifi_ssid = "Line 1"\nwifi_psk_file = "psk"\n'
+                      'wifi_country = "GB"\n[[board]]\nhostname = "k2"\n')
+    entry = SettingsFile.load(boards).find(hostname="k2")
+    assert entry.wifi is not None and entry.wifi.ssid == b"Line 1"
+    assert entry.wifi.country == "GB"
+    boards.write_text('[[board]]\nhostname = "k3"\nwifi_psk_file = "psk"\n')
+    with pytest.raises(ConfigError, match="wifi_ssid"):
+        SettingsFile.load(boards)

@@ -132,3 +132,26 @@ def test_a_wrong_psk_is_reported_and_the_wired_link_stays(
     # The wired link is still the way in: the app answers and SSH works.
     with lab.session(lab.get(BOARD)) as session:
         assert session.exec("cat /run/fleet/slot").stdout.decode().strip() == "A"
+
+
+def test_hand_edited_wifi_settings_are_checked_on_the_board(board: str, tmp_path: Path) -> None:
+    """fleet/wifi on the card is outside input: a value that is not what fleet writes
+    (here a PSK line that would inject a second network block) keeps WiFi off."""
+    import subprocess
+
+    from fleet.provision import MTOOLS_ENV, firmware_offset
+
+    lab.power(board, "off")
+    disk = lab.get(board).disk
+    bad = tmp_path / "wifi"
+    bad.write_text(f"ssid={SSID.encode().hex()}\npsk=00\n}}\nnetwork={{\n")
+    subprocess.run(["mcopy", "-o", "-i", f"{disk}@@{firmware_offset(disk)}", str(bad),
+                    "::/fleet/wifi"], check=True, env={**MTOOLS_ENV, "PATH": "/usr/bin:/bin"})
+    offset = len(console())
+    lab.power(board, "on")
+    wifi = wifi_status("bad-settings", timeout=60)
+    assert wifi["address"] is None
+    assert "bad settings in fleet/wifi (psk must be 64 hex digits); WiFi stays off" in (
+        console()[offset:])
+    with lab.session(lab.get(BOARD)) as session:
+        assert session.exec("test -e /run/fleet/wpa.conf").exit_code != 0
