@@ -177,8 +177,15 @@ def flash(
     if not image.is_file():
         raise UsageError(f"image {image} does not exist")
     settings = provision_opts.requested(
-        hostname, authorized_key, network, config_file, settings_file, serial or usb_serial,
-        wifi_ssid=wifi_ssid, wifi_psk_file=wifi_psk_file, wifi_country=wifi_country,
+        hostname,
+        authorized_key,
+        network,
+        config_file,
+        settings_file,
+        serial or usb_serial,
+        wifi_ssid=wifi_ssid,
+        wifi_psk_file=wifi_psk_file,
+        wifi_country=wifi_country,
     )
     the_bmap, bmap_path = find_bmap(image, bmap, not no_bmap)
     with open_image(image) as source:

@@ -124,8 +124,14 @@ def up(
     """
     # Checked before the disk is copied, so a bad value leaves no board behind.
     settings = provision_opts.requested(
-        hostname, authorized_key, network, config_file, settings_file,
-        wifi_ssid=wifi_ssid, wifi_psk_file=wifi_psk_file, wifi_country=wifi_country,
+        hostname,
+        authorized_key,
+        network,
+        config_file,
+        settings_file,
+        wifi_ssid=wifi_ssid,
+        wifi_psk_file=wifi_psk_file,
+        wifi_country=wifi_country,
     )
     if in_place:  # the device itself gets the settings: fleet flash's refusals apply
         provision_opts.check_device(disk_image)

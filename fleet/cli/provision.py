@@ -162,8 +162,16 @@ def provision_cmd(
     fleet provision out/disk.img --wifi-ssid Workshop --wifi-psk-file wifi.txt --wifi-country GB
     """
     result = requested(
-        hostname, authorized_key, network, config_file, settings, serial, recreate_data,
-        wifi_ssid, wifi_psk_file, wifi_country,
+        hostname,
+        authorized_key,
+        network,
+        config_file,
+        settings,
+        serial,
+        recreate_data,
+        wifi_ssid,
+        wifi_psk_file,
+        wifi_country,
     )
     if result is None:
         raise typer.BadParameter("give at least one setting (see --help)")

@@ -23,9 +23,7 @@ CLIENT = "usr/sbin/wpa_supplicant"
 
 
 class Stage(Protocol):
-    def add_file(
-        self, rel: str, source: Path, origin: str, mode: int | None = None
-    ) -> None: ...
+    def add_file(self, rel: str, source: Path, origin: str, mode: int | None = None) -> None: ...
 
 
 def wifi_for(profile: BoardProfile, project: Project) -> Wifi | None:

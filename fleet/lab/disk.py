@@ -84,8 +84,9 @@ def add_kernel_args(disk: Path, args: tuple[str, ...]) -> None:
     proc = run(["mtype", "-i", image, f"::/{BOARD_FILE}"], env=MTOOLS_ENV, check=False)
     if proc.returncode != 0:
         raise LabError(f"{disk}: no {BOARD_FILE} on partition 1 (not a uboot-ab image?)")
-    kept = [line for line in proc.stdout.decode().splitlines()
-            if not line.startswith("fleet_bootargs=")]
+    kept = [
+        line for line in proc.stdout.decode().splitlines() if not line.startswith("fleet_bootargs=")
+    ]
     staged = disk.with_name(f".{disk.name}.board.txt")
     staged.write_text("\n".join([*kept, "fleet_bootargs=" + " ".join(args)]) + "\n")
     try:

@@ -216,8 +216,7 @@ def _entry(table: Table, base: Path, need_hostname: bool) -> Settings:
     country = table.opt_str("wifi_country")
     if ssid is not None:
         try:
-            wifi = parse_wifi(ssid, _resolve(base, psk_file) if psk_file else None, country,
-                              "wifi")
+            wifi = parse_wifi(ssid, _resolve(base, psk_file) if psk_file else None, country, "wifi")
         except UsageError as exc:
             raise table.error("wifi_ssid", str(exc)) from exc
     elif psk_file is not None or country is not None:
