@@ -180,6 +180,7 @@ class AgentTree:
                     "FLEET_FIRMWARE_DEV": f"{disk}1",
                     "FLEET_DATA_DEV": f"{disk}7",
                     "FLEET_SHELL_KEYS": "no",
+                    "FLEET_WIFI_IF": "",
                 }
             )
         )

@@ -27,7 +27,11 @@ def test_rpi3b_env_file_is_u_boot_layout_and_runs_boot_scr() -> None:
     assert zlib.crc32(data[4:]) == crc
     pairs = data[4:].rstrip(b"\0").split(b"\0")
     env = dict(p.decode().split("=", 1) for p in pairs)
-    assert env["bootcmd"] == "load mmc 0:1 ${scriptaddr} boot.scr && source ${scriptaddr}"
+    # devtype and devnum name the disk to boot.scr, as U-Boot's own boot scan does.
+    assert env["bootcmd"] == (
+        "load ${devtype} ${devnum}:1 ${scriptaddr} boot.scr && source ${scriptaddr}"
+    )
+    assert (env["devtype"], env["devnum"]) == ("mmc", "0")
     assert env["scriptaddr"] == "0x02400000"
     assert "preboot" not in env
 
