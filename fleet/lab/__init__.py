@@ -201,7 +201,6 @@ def _flash(
     # agent's key (updates, status) and the shell key (fleet lab ssh, development images).
     allowed = provision.with_defaults(settings, name, [public_key.strip()])
     provision.write(target, replace(allowed, shell_keys=(shell_key.strip(),)))
-    disk.add_kernel_args(target, profile.qemu.kernel_args)
 
     ssh_port = free_loopback_port()
     http_port = free_loopback_port({ssh_port})
@@ -255,6 +254,9 @@ def _launch(board: Board, note: Note, bootdelay: int = 0) -> tuple[Board, int]:
     bios = qemu.flash_env_bios(profile, argv)
     if bios is not None:
         qemu.write_flash_env(profile, board.state_dir, bios, bootdelay)
+    # At every power-on: an in-place disk (a real card) loses them again at `down`.
+    assert profile.qemu is not None
+    disk.set_kernel_args(board.disk, profile.qemu.kernel_args)
     for item in board.extracts:
         found = disk.extract(board.disk, item.member, Path(item.dest))
         if not found and item.required:
@@ -392,6 +394,9 @@ def down(name: str, remove: bool = False) -> bool:
     board = load(name)
     was_running = qemu.stop(board, hard=False)
     save(board.with_pid(None))
+    if board.in_place:
+        # The emulator's kernel arguments stay off a card that may go into a real board.
+        disk.set_kernel_args(board.disk, ())
     if remove:
         from fleet import ssh
 

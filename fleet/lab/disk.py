@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from fleet.errors import LabError
@@ -72,27 +73,32 @@ def extract(disk: Path, member: str, dest: Path) -> bool:
     return True
 
 
-def add_kernel_args(disk: Path, args: tuple[str, ...]) -> None:
-    """Add ``args`` to the kernel command line the boot script builds (fleet_bootargs in
-    partition 1's fleet/uboot-board.txt): what an emulated board needs that a real one
-    does not, so the image itself stays the one a real board gets."""
-    if not args:
-        return
+def set_kernel_args(disk: Path, args: tuple[str, ...]) -> None:
+    """Set the extra kernel arguments of the command line the boot script builds
+    (fleet_bootargs in partition 1's fleet/uboot-board.txt), none for ``()``: what an
+    emulated board needs that a real one does not, so the image itself stays the one a
+    real board gets."""
     from fleet.image.bootscript import BOARD_FILE
 
     image = _image(disk, first_partition_offset(disk))
     proc = run(["mtype", "-i", image, f"::/{BOARD_FILE}"], env=MTOOLS_ENV, check=False)
     if proc.returncode != 0:
+        if not args:
+            return
         raise LabError(f"{disk}: no {BOARD_FILE} on partition 1 (not a uboot-ab image?)")
-    kept = [
-        line for line in proc.stdout.decode().splitlines() if not line.startswith("fleet_bootargs=")
-    ]
-    staged = disk.with_name(f".{disk.name}.board.txt")
-    staged.write_text("\n".join([*kept, "fleet_bootargs=" + " ".join(args)]) + "\n")
+    old = proc.stdout.decode().splitlines()
+    lines = [line for line in old if not line.startswith("fleet_bootargs=")]
+    if args:
+        lines.append("fleet_bootargs=" + " ".join(args))
+    if lines == old:
+        return
+    folder = Path(tempfile.mkdtemp(prefix="fleet-lab-"))
     try:
+        staged = folder / "uboot-board.txt"
+        staged.write_text("\n".join(lines) + "\n")
         run(["mcopy", "-o", "-i", image, staged, f"::/{BOARD_FILE}"], env=MTOOLS_ENV)
     finally:
-        staged.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def remove_tree(folder: Path) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet import lab
+from fleet import lab, provision
+from fleet.image.bootscript import BOARD_FILE
 from fleet.update import machine
 from fleet.update.target import resolve
 from tests.conftest import Built, copy_example, fleet
@@ -67,6 +68,26 @@ def test_raspberry_pi_3_boots_to_a_healthy_app(pi3: dict[str, Path]) -> None:
     assert "fleet.root=PARTUUID=464c4554-05" in cmdline and "mmcblk" not in cmdline
     assert "/dev/mmcblk0p1 /boot/firmware vfat" in mounts
     assert "/dev/mmcblk0p7 /data ext4" in mounts
+    # The emulator's one kernel argument is on the lab's copy of the disk only.
+    assert "fleet.watchdog=0" in cmdline
+    assert provision.read(pi3["v1"] / "disk.img", BOARD_FILE) is not None
+    assert b"fleet_bootargs" not in (provision.read(pi3["v1"] / "disk.img", BOARD_FILE) or b"")
+
+
+def test_the_lab_sets_and_clears_its_kernel_arguments(pi3: dict[str, Path], tmp_path: Path) -> None:
+    """What `fleet lab down` does to an in-place disk, which may be a real card."""
+    import shutil
+
+    from fleet.lab import disk
+
+    card = tmp_path / "card.img"
+    shutil.copyfile(pi3["v1"] / "disk.img", card)
+    before = provision.read(card, BOARD_FILE)
+    disk.set_kernel_args(card, ("fleet.watchdog=0",))
+    text = provision.read(card, BOARD_FILE) or b""
+    assert text.endswith(b"\nfleet_bootargs=fleet.watchdog=0\n")
+    disk.set_kernel_args(card, ())
+    assert provision.read(card, BOARD_FILE) == before
 
 
 def test_a_b_update_and_automatic_rollback_over_the_usb_network(
