@@ -111,6 +111,8 @@ class AgentTree:
         part_mib: int = 2,
     ) -> None:
         self.root = root
+        # strace's record, beside the tree rather than in it (the tree is the board's).
+        self.reboot_trace = root.parent / f"{root.name}.reboot-calls"
         self.boot_method = boot_method
         disk = "/dev/mmcblk0p" if boot_method == "rpi-tryboot" else "/dev/vda"
         self.disk = disk
@@ -265,7 +267,7 @@ class AgentTree:
         assert STRACE is not None
         proc = subprocess.run(
             [STRACE, "-f", "-qq", "--seccomp-bpf", "-e", "trace=reboot", "-e", "signal=none",
-             "-A", "-o", str(self.root / "reboot-calls"),
+             "-A", "-o", str(self.reboot_trace),
              UNSHARE, "--pid", "--fork", "--kill-child",
              "/bin/sh", "-c", NS_INIT, str(self.root), "/bin/sh", program, *args],
             input=data,
@@ -298,7 +300,7 @@ class AgentTree:
         time.sleep(0.05)  # the last stub of a chain (shutdown, then reboot)
         lines = path.read_text().splitlines() if path.exists() else []
         path.unlink(missing_ok=True)
-        calls = self.root / "reboot-calls"
+        calls = self.reboot_trace
         if calls.exists():
             lines += reboot_calls(calls.read_text())
             calls.unlink()

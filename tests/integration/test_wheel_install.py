@@ -80,7 +80,7 @@ def test_installed_fleet_lists_boards_inits_and_builds_for_the_host(
     for board in ("qemu-virt-arm64", "rpi3b", "rpi4b", "rpi5", "cm4", "zero2w"):
         assert board in names, listed
     shown = _ok(_run([installed, "boards", "show", "rpi4b"], tmp_path))
-    assert "rpi-tryboot" in shown
+    assert "boot_method: uboot-ab" in shown and "rpi_arm64" in shown
 
     _ok(_run([installed, "init", "myapp"], tmp_path))
     assert (tmp_path / "myapp" / "fleet.toml").is_file()
