@@ -8,6 +8,7 @@ lab's SSH key), boots it and waits until it is up; ``power`` cuts and restores p
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import shutil
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from fleet import provision
 from fleet.boards import BoardProfile, get_profile
-from fleet.errors import LabError, UsageError
+from fleet.errors import FleetError, LabError, UsageError
 from fleet.lab import bootchart, disk, hostkey, qemu, stamps
 from fleet.lab.keys import ensure_client_key
 from fleet.lab.ports import free_loopback_port
@@ -255,8 +256,8 @@ def _launch(board: Board, note: Note, bootdelay: int = 0) -> tuple[Board, int]:
     if bios is not None:
         qemu.write_flash_env(profile, board.state_dir, bios, bootdelay)
     # At every power-on: an in-place disk (a real card) loses them again at `down`.
-    assert profile.qemu is not None
-    disk.set_kernel_args(board.disk, profile.qemu.kernel_args)
+    if profile.qemu is not None and profile.qemu.kernel_args:
+        disk.set_kernel_args(board.disk, profile.qemu.kernel_args)
     for item in board.extracts:
         found = disk.extract(board.disk, item.member, Path(item.dest))
         if not found and item.required:
@@ -394,9 +395,12 @@ def down(name: str, remove: bool = False) -> bool:
     board = load(name)
     was_running = qemu.stop(board, hard=False)
     save(board.with_pid(None))
-    if board.in_place:
-        # The emulator's kernel arguments stay off a card that may go into a real board.
-        disk.set_kernel_args(board.disk, ())
+    profile = get_profile(board.profile)
+    if board.in_place and profile.qemu is not None and profile.qemu.kernel_args:
+        # The emulator's kernel arguments stay off a card that may go into a real board
+        # (best effort: the disk may be gone, e.g. a loop device already detached).
+        with contextlib.suppress(FleetError):
+            disk.set_kernel_args(board.disk, ())
     if remove:
         from fleet import ssh
 
