@@ -199,10 +199,9 @@ def _display(path: Path) -> Path:
 
 
 def _bootloader(top: Table) -> Bootloader | None:
-    if "bootloader" not in top.data:
-        top.table("bootloader", required=False)
+    table = top.opt_table("bootloader")
+    if table is None:
         return None
-    table = top.table("bootloader")
     env = table.str_list("env", default=[])
     for index, item in enumerate(env):
         name, sep, value = item.partition("=")
@@ -235,10 +234,9 @@ def _install(loader: Table) -> str:
 
 
 def _firmware(top: Table) -> Firmware | None:
-    if "firmware" not in top.data:
-        top.table("firmware", required=False)
+    table = top.opt_table("firmware")
+    if table is None:
         return None
-    table = top.table("firmware")
     firmware = Firmware(
         package=table.str("package"),
         files=tuple(table.str_list("files")),
@@ -249,10 +247,9 @@ def _firmware(top: Table) -> Firmware | None:
 
 
 def _wifi(top: Table) -> Wifi | None:
-    if "wifi" not in top.data:
-        top.table("wifi", required=False)
+    table = top.opt_table("wifi")
+    if table is None:
         return None
-    table = top.table("wifi")
     wifi = Wifi(
         interface=table.str("interface"),
         modules=tuple(table.str_list("modules")),
@@ -268,10 +265,9 @@ def _wifi(top: Table) -> Wifi | None:
 
 
 def _gadget(top: Table) -> Gadget | None:
-    if "usb_gadget" not in top.data:
-        top.table("usb_gadget", required=False)
+    table = top.opt_table("usb_gadget")
+    if table is None:
         return None
-    table = top.table("usb_gadget")
     gadget = Gadget(interface=table.str("interface"), modules=tuple(table.str_list("modules")))
     table.reject_unknown()
     return gadget
@@ -293,10 +289,9 @@ def _is_hex(text: str) -> bool:
 
 
 def _qemu(top: Table) -> Qemu | None:
-    if "qemu" not in top.data:
-        top.table("qemu", required=False)
+    table = top.opt_table("qemu")
+    if table is None:
         return None
-    table = top.table("qemu")
     qemu = Qemu(
         machine=table.str("machine"),
         cpu=table.opt_str("cpu"),

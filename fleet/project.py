@@ -113,10 +113,9 @@ def load_project(folder: Path) -> Project:
 
 
 def _wifi_choice(top: Table) -> bool | None:
-    if "image" not in top.data:
-        top.table("image", required=False)
+    image = top.opt_table("image")
+    if image is None:
         return None
-    image = top.table("image")
     choice = image.bool("wifi") if "wifi" in image.data else None
     image.reject_unknown()
     return choice

@@ -129,6 +129,13 @@ class Table:
             raise self.error(key, f"expected a table, got {type(value).__name__}")
         return Table(value, self.source, f"{self._name(key)}.")
 
+    def opt_table(self, key: builtins.str) -> Table | None:
+        """The table at ``key``, or None when the file has none (an optional section)."""
+        if key not in self.data:
+            self._seen.add(key)
+            return None
+        return self.table(key)
+
     def tables(self, key: builtins.str) -> list[Table]:
         self._seen.add(key)
         value = self.data.get(key, [])

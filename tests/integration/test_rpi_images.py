@@ -5,7 +5,10 @@ hands the tryboot flag to the firmware; Debian's does not, and the build says so
 
 from __future__ import annotations
 
+import io
+import json
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ import pytest
 from fleet.boards import load_profile
 from fleet.errors import BuildError
 from fleet.image import initramfs, kernel
+from fleet.image.debian import cache_dir
 from fleet.image.disk import read_partitions
 from fleet.image.elf import read
 from fleet.project import load_project
@@ -41,19 +45,12 @@ def first_partition(disk: Path) -> dict[str, bytes]:
 
 def u_boot_rpi_arm64(app: Path) -> bytes:
     """The bytes of Debian's rpi_arm64 U-Boot, from the package the build pinned."""
-    import json
-
-    from fleet.image.debian import cache_dir
-
     pins = json.loads((app / "fleet.lock").read_text())["packages"]
     deb = next(p for p in pins if p["name"] == "u-boot-rpi")
     found = list(cache_dir().rglob(deb["filename"]))
     assert found, f"{deb['filename']} is not in the download cache"
     out = subprocess.run(["dpkg-deb", "--fsys-tarfile", found[0]], capture_output=True,
                          check=True).stdout
-    import io
-    import tarfile
-
     with tarfile.open(fileobj=io.BytesIO(out)) as tar:
         member = tar.extractfile("./usr/lib/u-boot/rpi_arm64/u-boot.bin")
         assert member is not None
@@ -164,7 +161,7 @@ def test_rpi_tryboot_image_with_a_kernel_that_passes_the_flag(
     assert helper.machine_name == "AArch64"
 
 
-def rootfs_names(out: Path, tmp_path: Path) -> set[str]:
+def rootfs_names(out: Path) -> set[str]:
     listing = subprocess.run(["unsquashfs", "-l", "-d", "", out / "release" / "rootfs.squashfs"],
                              capture_output=True, text=True, check=True).stdout
     return {line.strip().lstrip("/") for line in listing.splitlines() if line.strip()}
@@ -186,7 +183,7 @@ def test_zero2w_carries_its_wifi_and_usb_gadget_and_others_carry_none(
     for board in ("zero2w", "rpi3b"):
         out = tmp_path / board
         fleet("build", "--board", board, "--project", app, "--out", out, "--key", hello_virt.key)
-        images[board] = rootfs_names(out, tmp_path)
+        images[board] = rootfs_names(out)
     zero = images["zero2w"]
     for part in (*WIFI_PARTS, *GADGET_PARTS):
         assert carries(zero, part), part
@@ -208,7 +205,7 @@ def test_zero2w_carries_its_wifi_and_usb_gadget_and_others_carry_none(
     toml.write_text(toml.read_text() + "\n[image]\nwifi = true\n")
     out = tmp_path / "rpi3b-wifi"
     fleet("build", "--board", "rpi3b", "--project", asked, "--out", out, "--key", hello_virt.key)
-    names = rootfs_names(out, tmp_path)
+    names = rootfs_names(out)
     assert carries(names, "usr/sbin/wpa_supplicant") and carries(names, "brcmfmac.ko")
     assert "lib/firmware/brcm/brcmfmac43430-sdio.raspberrypi,3-model-b.txt" in names
     assert not carries(names, "g_ether.ko")
