@@ -54,3 +54,7 @@ class RemoteError(FleetError):
     """A board answered badly, refused, or could not be reached over SSH."""
 
     exit_code = 8
+
+
+class HostKeyError(RemoteError):
+    """A board presents a host key other than the pinned one, or one not pinned at all."""

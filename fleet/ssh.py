@@ -24,7 +24,7 @@ from typing import IO, NamedTuple
 import paramiko
 
 from fleet import atomic
-from fleet.errors import FleetError, RemoteError
+from fleet.errors import FleetError, HostKeyError, RemoteError
 
 CHUNK = 64 * 1024
 Progress = Callable[[int], None]
@@ -399,13 +399,13 @@ def _check_host_key(
         return
     if known:
         pinned = ", ".join(f"{k.get_name()} {fingerprint(k)}" for k in known)
-        raise RemoteError(
+        raise HostKeyError(
             f"host key of {where} CHANGED: it presents {key.get_name()} {fingerprint(key)} "
             f"but {known_hosts} pins {pinned}; if the board was re-flashed, remove its line "
             f"from {known_hosts}, otherwise someone may be impersonating it"
         )
     if not trust_new:
-        raise RemoteError(
+        raise HostKeyError(
             f"host key of {where} is unknown ({key.get_name()} {fingerprint(key)}) and not in "
             f"{known_hosts}; refusing to connect (trust it on first use to record it)"
         )

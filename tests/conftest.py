@@ -113,3 +113,16 @@ def hello_virt(tmp_path_factory: pytest.TempPathFactory, release_key: tuple[Path
     fleet("build", "--board", "qemu-virt-arm64", "--project", app, "--out", out,
           "--key", release_key[0], "--dev")
     return Built(app, out, *release_key)
+
+
+@pytest.fixture(scope="session")
+def hello_v2_virt(tmp_path_factory: pytest.TempPathFactory, hello_virt: Built) -> Path:
+    """hello_virt's app as version 2.0.0 (release 2), signed by the same key: the release
+    an update or a rollout takes the boards to."""
+    base = tmp_path_factory.mktemp("hello-v2")
+    app = copy_example(
+        "hello-c", base / "app", version="2.0.0", release=2, lock_from=hello_virt.app
+    )
+    fleet("build", "--board", "qemu-virt-arm64", "--project", app, "--out", base / "out",
+          "--key", hello_virt.key, "--dev")
+    return base / "out" / "release"

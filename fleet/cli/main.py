@@ -69,6 +69,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "provision": ("fleet.cli.provision", "provision_cmd", "command"),
     "update": ("fleet.cli.update", "update", "command"),
     "status": ("fleet.cli.update", "status", "command"),
+    "rollout": ("fleet.cli.rollout", "app", "group"),
 }
 
 

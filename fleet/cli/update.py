@@ -12,10 +12,11 @@ import typer
 
 from fleet import trust as trustlib
 from fleet.cli.output import JSON_HELP, bytes_progress, note, out, print_json
-from fleet.errors import UsageError
+from fleet.errors import FleetError, UsageError
 from fleet.update import machine
 from fleet.update.result import EXIT_CODES, Outcome
-from fleet.update.target import Target, resolve
+from fleet.update.status import BoardStatus
+from fleet.update.target import Target, from_host, resolve
 
 _TARGET_HELP = "user@host[:port] of a board reachable over SSH, or the name of a virtual lab board."
 _TRUST_HELP = (
@@ -141,25 +142,48 @@ def update(
 
 
 def status(
-    target: Annotated[str, typer.Argument(help=_TARGET_HELP)],
+    target: Annotated[str | None, typer.Argument(help=_TARGET_HELP)] = None,
+    inventory: Annotated[
+        Path | None,
+        typer.Option(
+            "--inventory",
+            "-I",
+            help="Every board of this inventory (fleet TOML or Ansible), queried in parallel.",
+        ),
+    ] = None,
+    group: Annotated[
+        str | None, typer.Option("--group", "-g", help="With --inventory: only this group.")
+    ] = None,
     identity: IdentityOpt = None,
     known_hosts: KnownHostsOpt = None,
     trust_new_host: TrustNewOpt = False,
     connect_timeout: ConnectTimeoutOpt = 10.0,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
-    """Show a board's slots, boot state, app version and health.
+    """Show a board's slots, boot state, app version and health; with --inventory, one
+    line per board of the fleet.
 
-    Example: fleet status pi@192.0.2.7
+    Examples: fleet status pi@192.0.2.7; fleet status -I fleet.toml --group lobby
     """
+    if (target is None) == (inventory is None):
+        raise UsageError("give one board (TARGET) or --inventory FILE")
+    if inventory is not None:
+        _fleet_status(inventory, group, identity, trust_new_host, connect_timeout, json_out)
+        return
+    assert target is not None
     board = _target(target, identity, known_hosts, trust_new_host, connect_timeout)
     state = machine.board_status(board)
     if json_out:
         print_json(state.raw)
         return
+    for line in _status_lines(board.name, state):
+        out.print(line, markup=False)
+
+
+def _status_lines(name: str, state: BoardStatus) -> list[str]:
     raw = state.raw
     lines = [
-        f"{board.name}: {raw.get('hostname', '')} ({state.board}), runs "
+        f"{name}: {raw.get('hostname', '')} ({state.board}), runs "
         f"{state.app_version} (release {state.app_release}) from slot {state.running_slot}, "
         f"health {state.health}",
         f"  default slot {state.default_slot}; "
@@ -171,13 +195,13 @@ def status(
         + f"; floor {state.floor}",
         f"  host key {raw.get('host_key', 'unknown')}",
     ]
-    for name in ("A", "B"):
-        info = state.slot(name)
+    for name_ in ("A", "B"):
+        info = state.slot(name_)
         if info is None:
-            lines.append(f"  slot {name}: empty or not bootable")
+            lines.append(f"  slot {name_}: empty or not bootable")
         else:
             sha = (info.manifest_sha256 or "unknown")[:16]
-            lines.append(f"  slot {name}: {info.version} (release {info.release}), manifest {sha}")
+            lines.append(f"  slot {name_}: {info.version} (release {info.release}), manifest {sha}")
     if state.last_trial:
         lines.append(f"  last trial: {state.last_trial}")
     if raw.get("last_fallback"):
@@ -197,5 +221,74 @@ def status(
             f"  data partition: {data.get('state')}, {data.get('used_kib')} KiB used, "
             f"{data.get('free_kib')} KiB free"
         )
-    for line in lines:
-        out.print(line, markup=False)
+    return lines
+
+
+STATUS_THREADS = 32  # boards asked at once: a handshake each, a few ms of CPU
+
+
+def _fleet_status(
+    inventory: Path,
+    group: str | None,
+    identity: Path | None,
+    trust_new_host: bool,
+    connect_timeout: float,
+    json_out: bool,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fleet import inventory as inv
+
+    hosts = inv.load(inventory).select(group)
+    targets = [from_host(h, identity, trust_new_host, connect_timeout) for h in hosts]
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+
+    def ask(board: Target) -> tuple[Target, BoardStatus | None, str]:
+        try:
+            return board, machine.board_status(board), ""
+        except FleetError as exc:
+            return board, None, str(exc)
+
+    with ThreadPoolExecutor(max(1, min(STATUS_THREADS, len(targets)))) as pool:
+        answers = list(pool.map(ask, targets))
+    if json_out:
+        print_json(
+            [
+                {
+                    "name": b.name,
+                    "address": b.host,
+                    "port": b.port,
+                    "reachable": state is not None,
+                    "error": problem,
+                    "status": state.raw if state else None,
+                }
+                for b, state, problem in answers
+            ]
+        )
+    else:
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(box=None, pad_edge=False)
+        for column in ("board", "address", "slot", "release", "health", "trial", "host key"):
+            table.add_column(column)
+        for b, state, problem in answers:
+            where = f"{b.host}:{b.port}"
+            if state is None:
+                table.add_row(
+                    Text(b.name), Text(where), "-", "-", "unreachable", "-", Text(problem)
+                )
+                continue
+            trial = f"slot {state.trial_slot}" if state.trial_pending else "-"
+            table.add_row(
+                Text(b.name),
+                Text(where),
+                state.running_slot,
+                Text(f"{state.app_release} ({state.app_version})"),
+                Text(state.health),
+                trial,
+                Text(str(state.raw.get("host_key", ""))),
+            )
+        out.print(table)
+    if any(state is None for _, state, _ in answers):
+        sys.exit(EXIT_CODES[Outcome.UNREACHABLE])

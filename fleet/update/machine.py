@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
 import time
@@ -24,13 +25,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fleet import ssh
-from fleet.errors import FleetError, ReleaseError, RemoteError
+from fleet.errors import FleetError, HostKeyError, ReleaseError, RemoteError
 from fleet.release import MANIFEST, SIGNATURES, Manifest, load_manifest, read_manifest_bytes
 from fleet.trust import signature_files, verify_release
 from fleet.update import result as r
 from fleet.update.status import AGENT, BoardStatus, read_status
 from fleet.update.target import Target
-from signing import TrustSet
+from signing import SigningError, TrustSet, require_board, require_newer
 
 Note = Callable[[str], None]
 # (payload name, bytes sent so far, payload size)
@@ -57,6 +58,10 @@ def _no_progress(_name: str, _sent: int, _size: int) -> None:
     pass
 
 
+def _no_step(_step: str) -> None:
+    pass
+
+
 @dataclass
 class Options:
     trust: TrustSet | None  # None: leave every check to the board (testing its own checks)
@@ -64,6 +69,14 @@ class Options:
     attempts: int = 1
     note: Note = _quiet
     progress: StreamProgress = _no_progress
+    # Called before each step is taken (connect, verify, install-manifest, install NAME,
+    # try, trial): a rollout's journal records it first.
+    step: Note = _no_step
+    # A board whose running, committed slot holds this very manifest is left alone.
+    skip_current: bool = False
+    # The caller verified the release once (a rollout): per board only its profile and
+    # floor are checked here, not every payload hashed again.
+    verified: bool = False
 
 
 @dataclass
@@ -126,8 +139,11 @@ def update(target: Target, folder: Path, options: Options) -> r.UpdateResult:
     manifest = load_manifest(folder)
     run = _Run(target, manifest, time.monotonic())
     note = options.note
+    options.step("connect")
     try:
         session = target.connect()
+    except HostKeyError as exc:
+        return run.result(r.Outcome.UNREACHABLE, r.HOST_KEY_CHANGED, detail=str(exc))
     except RemoteError as exc:
         return run.result(r.Outcome.UNREACHABLE, str(exc))
     target = target.after_first_contact()
@@ -138,7 +154,10 @@ def update(target: Target, folder: Path, options: Options) -> r.UpdateResult:
         except RemoteError as exc:
             return run.result(r.Outcome.UNREACHABLE, str(exc))
         note(f"board {status.board} runs slot {status.running_slot}, release {status.app_release}")
+        if options.skip_current and runs_manifest(status, manifest_sha256(folder)):
+            return run.result(r.Outcome.SKIPPED, "", status, "already runs this release")
         if options.trust is not None:
+            options.step("verify")
             # The board checks all of this again itself; the host checks first so a bad
             # release is refused before a byte is sent.
             note(f"verifying {folder} for board {status.board} (floor {status.floor})")
@@ -146,6 +165,13 @@ def update(target: Target, folder: Path, options: Options) -> r.UpdateResult:
                 verify_release(folder, options.trust, floor=status.floor, board=status.board)
             except ReleaseError as exc:
                 return run.result(r.Outcome.REFUSED, f"host: {exc}", status)
+        elif options.verified:
+            options.step("verify")
+            try:
+                require_board(manifest.board, status.board)
+                require_newer(manifest.release, status.floor)
+            except SigningError as exc:
+                return run.result(r.Outcome.REFUSED, f"host: {folder}: {exc}", status)
         if status.trial_pending or status.running_slot != status.default_slot:
             return run.result(
                 r.Outcome.REFUSED,
@@ -161,6 +187,7 @@ def update(target: Target, folder: Path, options: Options) -> r.UpdateResult:
         if outcome is not None:
             return outcome
         note(f"trial boot of slot {run.slot}")
+        options.step("try")
         try:
             answer = session.exec(f"{AGENT} try {options.attempts}", timeout=30)
         except RemoteError as exc:
@@ -174,10 +201,77 @@ def update(target: Target, folder: Path, options: Options) -> r.UpdateResult:
         if answer.exit_code != 0:
             words = _board_words(answer.stderr)
             return run.result(r.Outcome.REFUSED, f"board: {words}", status, words)
-    deadline = options.health_timeout
-    if deadline is None:
-        deadline = manifest.health.timeout + BOOT_ALLOWANCE
-    return _await_trial(run, status, deadline, note)
+    options.step("trial")
+    return _await_trial(run, status, _deadline(manifest, options), note)
+
+
+def _deadline(manifest: Manifest, options: Options) -> float:
+    if options.health_timeout is not None:
+        return options.health_timeout
+    return manifest.health.timeout + BOOT_ALLOWANCE
+
+
+def manifest_sha256(folder: Path) -> str:
+    return hashlib.sha256(read_manifest_bytes(folder)).hexdigest()
+
+
+def runs_manifest(status: BoardStatus, sha: str) -> bool:
+    """The board runs, committed and healthy, the slot that holds this manifest."""
+    info = status.slot(status.running_slot)
+    return (
+        status.committed
+        and info is not None
+        and info.manifest_sha256 == sha
+        and status.health == "healthy"
+    )
+
+
+def settle(target: Target, folder: Path, options: Options) -> r.UpdateResult | None:
+    """A board a killed controller left after ``try`` (or while it was sent), brought to
+    its outcome as its own boot state says: committed on the release (updated), rolled
+    back (the trial record says why), or still on trial and then judged like any trial.
+    None when the board shows no trial of this release: nothing bootable changed, and the
+    caller starts the update again."""
+    manifest = load_manifest(folder)
+    sha = manifest_sha256(folder)
+    run = _Run(target, manifest, time.monotonic())
+    deadline = time.monotonic() + _deadline(manifest, options)
+    status: BoardStatus | None = None
+    problem = "no answer"
+    # The board may be rebooting into (or out of) its trial right now.
+    while status is None:
+        try:
+            with target.connect(timeout=CONNECT_TIMEOUT, banner_timeout=BANNER_TIMEOUT) as s:
+                status = read_status(s)
+        except RemoteError as exc:
+            problem = str(exc)
+            if time.monotonic() > deadline:
+                return run.result(r.Outcome.UNREACHABLE, f"after the restart: {problem}")
+            time.sleep(POLL)
+    slot = next((n for n in ("A", "B") if (i := status.slot(n)) and i.manifest_sha256 == sha), "")
+    mine = f"release={manifest.release} slot="
+    if not slot:
+        # The slot was taken by something else since, or never recorded as installed; a
+        # trial record of this release still tells how its trial ended.
+        if status.last_trial.startswith(mine) and status.committed:
+            run.slot = status.last_trial.split()[1].removeprefix("slot=")
+            run.origin = status.running_slot
+            return _judge(run, status)
+        return None
+    run.slot = slot
+    run.origin = "B" if slot == "A" else "A"
+    if runs_manifest(status, sha):
+        return run.result(r.Outcome.UPDATED, "", status, status.last_trial)
+    if status.running_slot == slot or status.trial_slot == slot:
+        options.note(f"slot {slot} is on trial: waiting for the board to decide")
+        # A trial already running is judged at once; one still pending waits for its reboot.
+        before = status if status.running_slot != slot else replace(status, raw={})
+        return _await_trial(run, before, _deadline(manifest, options), options.note)
+    if status.last_trial.startswith(f"{mine}{slot} "):
+        done = _judge(run, status)
+        if done is not None:
+            return done
+    return None
 
 
 def _install(
@@ -189,6 +283,7 @@ def _install(
     options: Options,
 ) -> r.UpdateResult | None:
     upload = manifest_upload(folder)
+    options.step("install-manifest")
     answer = session.exec(f"{AGENT} install-manifest", input=upload, timeout=60)
     run.bytes_sent += len(upload)
     if answer.exit_code != 0:
@@ -206,6 +301,7 @@ def _install(
         with handle:
             size = path.stat().st_size
             options.note(f"streaming {payload.name} ({size} bytes) into slot {run.slot}")
+            options.step(f"install {payload.name}")
 
             def progress(sent: int, name: str = payload.name, total: int = size) -> None:
                 options.progress(name, sent, total)

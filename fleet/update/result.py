@@ -12,6 +12,8 @@ class Outcome(StrEnum):
     ROLLED_BACK = "rolled-back"
     REFUSED = "refused"
     UNREACHABLE = "unreachable"
+    # A rollout's board that already runs the release, committed and healthy.
+    SKIPPED = "skipped"
 
 
 # Exit codes of `fleet update`, so a script can tell the outcomes apart without --json.
@@ -20,6 +22,7 @@ EXIT_CODES = {
     Outcome.ROLLED_BACK: 10,
     Outcome.REFUSED: 11,
     Outcome.UNREACHABLE: 12,
+    Outcome.SKIPPED: 0,
 }
 
 # Reasons of a rollback, as the host tells them apart from the board's trial record.
@@ -29,6 +32,9 @@ BOOT_FAILED = "boot failed"
 # its old slot as a normal boot, the trial never started.
 TRYBOOT_NOT_HONOURED = "tryboot flag not honoured"
 TIMEOUT = "timeout"
+# Unreachable because the board presents another host key than the one pinned: never
+# retried (a re-flashed board, or someone impersonating it).
+HOST_KEY_CHANGED = "host key changed"
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,11 @@ class UpdateResult:
         head = f"{self.target}: {self.outcome.value}"
         if self.reason:
             head += f": {self.reason}"
+        if self.outcome is Outcome.SKIPPED:
+            return (
+                f"{head}: already runs {self.version} (release {self.release}) from slot "
+                f"{self.running_slot}"
+            )
         if self.outcome is Outcome.UPDATED:
             return (
                 f"{head}: runs {self.version} (release {self.release}) from slot "

@@ -6,11 +6,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import paramiko
 
 from fleet import lab, ssh
 from fleet.errors import LabError, RemoteError, UsageError
+
+if TYPE_CHECKING:
+    from fleet.inventory import Host
 
 _USER_HOST = re.compile(
     r"^(?P<user>[A-Za-z0-9._-]+)@(?P<host>\[[0-9a-fA-F:.]+\]|[^:@\s]+)"
@@ -105,6 +109,27 @@ def resolve(
         board.key_path,
         board.known_hosts_path,
         False,
+        connect_timeout,
+    )
+
+
+def from_host(
+    host: Host,
+    identity: Path | None = None,
+    trust_new_host: bool = False,
+    connect_timeout: float = 10.0,
+) -> Target:
+    """An inventory's board: its own key and known_hosts, else ``identity`` and
+    ~/.ssh/known_hosts."""
+    key = host.key or identity or _default_identity()
+    return Target(
+        host.name,
+        host.address,
+        host.port,
+        host.user,
+        key,
+        host.known_hosts or Path.home() / ".ssh" / "known_hosts",
+        trust_new_host,
         connect_timeout,
     )
 

@@ -19,7 +19,7 @@ from fleet import lab
 from fleet.image.disk import read_partitions
 from fleet.update import machine
 from fleet.update.target import resolve
-from tests.conftest import NEEDS_QEMU, Built, copy_example, fleet
+from tests.conftest import NEEDS_QEMU, Built, fleet
 
 pytestmark = [pytest.mark.virtual, NEEDS_QEMU]
 
@@ -36,14 +36,8 @@ def faults(event: str, sector: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def v2(tmp_path_factory: pytest.TempPathFactory, hello_virt: Built) -> Path:
-    base = tmp_path_factory.mktemp("faults-v2")
-    app = copy_example(
-        "hello-c", base / "app", version="2.0.0", release=2, lock_from=hello_virt.app
-    )
-    fleet("build", "--board", "qemu-virt-arm64", "--project", app, "--out", base / "out",
-          "--key", hello_virt.key, "--dev")
-    return base / "out" / "release"
+def v2(hello_v2_virt: Path) -> Path:
+    return hello_v2_virt
 
 
 def sector_in(disk: Path, number: int, fraction: float) -> int:
