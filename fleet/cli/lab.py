@@ -15,10 +15,10 @@ from rich.markup import escape
 from fleet import lab
 from fleet.cli import provision as provision_opts
 from fleet.cli.output import JSON_HELP, err, note, out, print_json
-from fleet.errors import LabError
+from fleet.errors import LabError, UsageError
 from fleet.lab.bootchart import format_table
 from fleet.lab.console import attach, print_log
-from fleet.lab.state import Board
+from fleet.lab.state import Board, lab_root
 from fleet.run import run
 
 app = typer.Typer(
@@ -37,6 +37,7 @@ def _info(board: Board) -> dict[str, Any]:
     pid = board.running_pid()
     return {
         "name": board.name,
+        "kind": board.kind,
         "board": board.profile,
         "state": "running" if pid is not None else "stopped",
         "pid": pid,
@@ -74,10 +75,37 @@ def _print_board(board: Board) -> None:
 
 @app.command("up")
 def up(
-    board: Annotated[str, typer.Option("--board", help="Board profile, e.g. qemu-virt-arm64.")],
+    board: Annotated[
+        str | None, typer.Option("--board", help="Board profile, e.g. qemu-virt-arm64.")
+    ] = None,
     disk_image: Annotated[
-        Path, typer.Option("--disk", help="Disk image (or block device) to boot.")
-    ],
+        Path | None, typer.Option("--disk", help="Disk image (or block device) to boot.")
+    ] = None,
+    sim: Annotated[
+        bool,
+        typer.Option(
+            "--sim",
+            help="Simulated boards instead of QEMU: the board's agent and SSH server in a "
+            "chroot, hundreds per machine (docs/lab.md). Needs --trust; with --count.",
+        ),
+    ] = False,
+    count: Annotated[
+        int, typer.Option("--count", min=1, max=2000, help="With --sim: how many boards.")
+    ] = 1,
+    trust: Annotated[
+        Path | None,
+        typer.Option(
+            "--trust", help="With --sim: the release keys the boards pin (.pub or folder)."
+        ),
+    ] = None,
+    release: Annotated[
+        Path | None,
+        typer.Option("--release", help="With --sim: the release slot A holds (default: none)."),
+    ] = None,
+    boot_delay: Annotated[
+        float,
+        typer.Option("--boot-delay", min=0, help="With --sim: seconds a reboot takes."),
+    ] = 0.3,
     name: str | None = typer.Option(
         None, "--name", help="Board name (a-z, 0-9, '-'); default: the profile name."
     ),
@@ -122,6 +150,28 @@ def up(
     port answers with an SSH banner. The board's SSH host key is then pinned in the lab's
     known_hosts. On timeout the board keeps running for inspection.
     """
+    if sim:
+        if trust is None:
+            raise UsageError("--sim needs --trust KEYS: the release keys the boards pin")
+        from fleet.lab import sim as simlab
+
+        made = simlab.up(
+            count,
+            trust,
+            prefix=name or "sim",
+            profile=board or "qemu-virt-arm64",
+            release=release,
+            boot_delay=boot_delay,
+            timeout=timeout,
+        )
+        if json_out:
+            print_json([_info(b) for b in made])
+        else:
+            for made_board in made:
+                _print_board(made_board)
+        return
+    if board is None or disk_image is None:
+        raise UsageError("give --board PROFILE and --disk IMAGE (or --sim --count N)")
     # Checked before the disk is copied, so a bad value leaves no board behind.
     settings = provision_opts.requested(
         hostname,
@@ -296,3 +346,61 @@ def power(
         print_json(_info(board))
     else:
         _print_board(board)
+
+
+@app.command("sim-fault")
+def sim_fault(
+    name: str = typer.Argument(..., help="A simulated board's name."),
+    fault: str = typer.Argument(
+        ...,
+        help="unhealthy (the app's health check fails from the next boot on), hang (it never "
+        "answers), or none.",
+    ),
+) -> None:
+    """Make a simulated board's app fail its health check, whatever release it runs."""
+    from fleet.lab import sim as simlab
+
+    board = lab.get(name)
+    if board.kind != "sim":
+        raise UsageError(f"{name} is not a simulated board (fleet lab up --sim)")
+    simlab.set_fault(board, fault)
+    note(f"{name}: fault {fault} (from its next boot)")
+
+
+def _toml_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@app.command("inventory")
+def inventory(
+    out_file: Path | None = typer.Option(None, "--out", help="Write here instead of stdout."),
+    group: list[str] = typer.Option(
+        [], "--group", help="Groups every board is put in (repeatable; default: lab)."
+    ),
+) -> None:
+    """An inventory (fleet's TOML) of every running lab board, for fleet rollout and
+    fleet status --inventory."""
+    from fleet import atomic
+
+    groups = group or ["lab"]
+    chunks = ["# fleet lab inventory: the running boards of " + str(lab_root()) + "\n"]
+    for board in lab.list_boards():
+        if board.running_pid() is None:
+            continue
+        chunks.append(
+            "\n[[boards]]\n"
+            f"name = {_toml_string(board.name)}\n"
+            'address = "127.0.0.1"\n'
+            f"port = {board.ssh_port}\n"
+            'user = "root"\n'
+            f"key = {_toml_string(str(board.key_path))}\n"
+            f"known_hosts = {_toml_string(str(board.known_hosts_path))}\n"
+            f"profile = {_toml_string(board.profile)}\n"
+            f"groups = [{', '.join(_toml_string(g) for g in groups)}]\n"
+        )
+    text = "".join(chunks)
+    if out_file is None:
+        sys.stdout.write(text)
+    else:
+        atomic.write_text(out_file, text)
+        note(f"wrote {out_file}")

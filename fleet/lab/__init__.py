@@ -393,6 +393,13 @@ def down(name: str, remove: bool = False) -> bool:
     """Stop the board (QEMU flushes its disk); with ``remove`` delete its state folder.
     Returns whether it was running."""
     board = load(name)
+    if board.kind == "sim":
+        from fleet.lab import sim
+
+        was_running = sim.down(board)
+        if remove:
+            _forget(board)
+        return was_running
     was_running = qemu.stop(board, hard=False)
     save(board.with_pid(None))
     profile = get_profile(board.profile)
@@ -402,11 +409,15 @@ def down(name: str, remove: bool = False) -> bool:
         with contextlib.suppress(FleetError):
             disk.set_kernel_args(board.disk, ())
     if remove:
-        from fleet import ssh
-
-        ssh.forget_host(board.known_hosts_path, "127.0.0.1", board.ssh_port)
-        shutil.rmtree(board.state_dir)
+        _forget(board)
     return was_running
+
+
+def _forget(board: Board) -> None:
+    from fleet import ssh
+
+    ssh.forget_host(board.known_hosts_path, "127.0.0.1", board.ssh_port)
+    shutil.rmtree(board.state_dir)
 
 
 def power(
@@ -427,6 +438,12 @@ def power(
     if action not in POWER_ACTIONS:
         raise UsageError(f"power action must be one of {', '.join(POWER_ACTIONS)}, got {action!r}")
     board = load(name)
+    if board.kind == "sim":
+        from fleet.lab import sim
+
+        sim.power(board, action, wait=wait)
+        note(f"{name}: power {action}")
+        return board
     if action in ("off", "cycle"):
         if qemu.stop(board, hard=True):
             note(f"{name}: power cut")

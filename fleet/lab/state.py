@@ -62,6 +62,7 @@ class Board:
     wait_ssh: bool
     pid: int | None
     root: Path
+    kind: str = "qemu"  # or "sim": a simulated board (fleet.lab.sim)
 
     @property
     def state_dir(self) -> Path:
@@ -101,7 +102,14 @@ class Board:
         return replace(self, pid=pid)
 
     def running_pid(self) -> int | None:
-        """QEMU's pid if it runs for this board; a pid reused by another program is not."""
+        """QEMU's pid if it runs for this board (a simulated board: its namespace's); a pid
+        reused by another program is not."""
+        if self.kind == "sim":
+            try:
+                sim_pid = int((self.state_dir / "board.pid").read_text().strip())
+            except (OSError, ValueError):
+                return None
+            return sim_pid if _is_our_qemu(sim_pid, str(self.state_dir / "tree")) else None
         pid = self.pid
         with contextlib.suppress(OSError, ValueError):
             pid = int(self.pidfile.read_text().strip())
@@ -165,6 +173,7 @@ def load(name: str, root: Path | None = None) -> Board:
             wait_ssh=bool(data["wait_ssh"]),
             pid=None if data["pid"] is None else int(data["pid"]),
             root=base,
+            kind=str(data.get("kind", "qemu")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise LabError(f"{path} is malformed ({exc}); remove the folder {path.parent}") from exc
