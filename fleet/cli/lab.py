@@ -377,6 +377,9 @@ def inventory(
     group: list[str] = typer.Option(
         [], "--group", help="Groups every board is put in (repeatable; default: lab)."
     ),
+    prefix: str | None = typer.Option(
+        None, "--prefix", help="Only boards named PREFIX-N (those of one lab up --sim)."
+    ),
 ) -> None:
     """An inventory (fleet's TOML) of every running lab board, for fleet rollout and
     fleet status --inventory."""
@@ -386,6 +389,8 @@ def inventory(
     chunks = ["# fleet lab inventory: the running boards of " + str(lab_root()) + "\n"]
     for board in lab.list_boards():
         if board.running_pid() is None:
+            continue
+        if prefix is not None and not board.name.startswith(prefix + "-"):
             continue
         chunks.append(
             "\n[[boards]]\n"

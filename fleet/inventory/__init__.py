@@ -34,11 +34,12 @@ def load(path: Path, profiles: Collection[str] | None = None) -> Inventory:
     except UnicodeDecodeError as exc:
         raise InventoryError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     builder = Builder(path)
+    known = _profile_names() if profiles is None else profiles
     suffix = path.suffix.lower()
     if suffix == ".toml":
-        fleet_toml.parse(text, builder)
+        fleet_toml.parse(text, builder, known)
     elif suffix in (".yml", ".yaml"):
         ansible_yaml.parse(text, builder)
     else:
         ansible_ini.parse(text, builder)
-    return builder.finish(_profile_names() if profiles is None else profiles)
+    return builder.finish(known)

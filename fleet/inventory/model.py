@@ -16,6 +16,16 @@ ALL = "all"
 UNGROUPED = "ungrouped"
 MAX_BYTES = 16 << 20  # an inventory is untrusted input: bounded before it is parsed
 MAX_HOSTS = 100_000  # also bounds what a host range like web[0:99999999] may expand to
+SETTING_PREFIX = "fleet_setting_"  # Ansible variables that carry provisioning settings
+
+
+def setting_text(value: Any) -> str | None:
+    """A provisioning setting's text, or None when the value is no single value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"  # what a board's shell scripts compare with
+    if isinstance(value, str | int | float):
+        return str(value)
+    return None
 
 
 class InventoryError(ConfigError):
@@ -193,8 +203,11 @@ class Builder:
             mine = set(direct[raw.name])
             for direct_group in list(mine):
                 mine |= ancestors[direct_group]
-            mine.discard(UNGROUPED)
-            mine.add(ALL)
+            mine -= {ALL, UNGROUPED}
+            # Ansible's reconcile: a host in no group of its own is in ungrouped (and gets
+            # its vars); one in any other group is taken out of it.
+            in_groups = tuple(sorted(mine))
+            mine |= {ALL} if in_groups else {ALL, UNGROUPED}
             ordered = sorted(
                 (self.groups[g] for g in mine),
                 key=lambda g: (depth.get(g.name, 1), g.priority, g.name),
@@ -206,7 +219,7 @@ class Builder:
             for g in mine:
                 if g in members:
                     members[g].append(raw.name)
-            hosts.append(self._host(raw, merged, tuple(sorted(mine - {ALL})), profiles))
+            hosts.append(self._host(raw, merged, in_groups, profiles))
         return Inventory(self.path, tuple(hosts), {g: tuple(m) for g, m in members.items()})
 
     def _path(self, raw: RawHost, value: Any, what: str) -> Path | None:
@@ -242,11 +255,15 @@ class Builder:
             raise self.error(
                 raw.line, f"host {raw.name}: unknown board profile {profile!r} (known: {known})"
             )
-        settings = {
-            k.removeprefix("fleet_setting_"): str(v)
-            for k, v in merged.items()
-            if k.startswith("fleet_setting_")
-        }
+        settings: dict[str, str] = {}
+        for name, item in merged.items():
+            if name.startswith(SETTING_PREFIX):
+                text = setting_text(item)
+                if text is None:
+                    raise self.error(
+                        raw.line, f"host {raw.name}: {name} must be a string, number or boolean"
+                    )
+                settings[name.removeprefix(SETTING_PREFIX)] = text
         return Host(
             name=raw.name,
             address=address,

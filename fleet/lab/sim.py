@@ -62,7 +62,7 @@ def _make_board(
 ) -> Board:
     state_dir = root / name
     if state_dir.exists():
-        raise LabError(f"lab board {name!r} exists; fleet lab down {name} --remove first")
+        raise LabError(f"lab board {name!r} exists; fleet lab down {name} --rm first")
     state_dir.mkdir(parents=True)
     port = free_loopback_port(avoid)
     avoid.add(port)
@@ -294,8 +294,13 @@ def down(board: Board) -> bool:
     was = board.running_pid() is not None
     (board.state_dir / "stop").write_text("")
     _kill(board)
-    deadline = time.monotonic() + 5
-    while board.running_pid() is not None and time.monotonic() < deadline:
+    deadline = time.monotonic() + 10
+    # The supervisor's loop for this board ends (halted) before its loops and partition 1
+    # go: it must not boot the board again from under them.
+    while _supervisor_alive(board) and not (board.state_dir / "halted").exists():
+        if time.monotonic() > deadline:
+            raise LabError(f"the supervisor of {board.name} did not stop it")
+        _kill(board)
         time.sleep(0.05)
     _release_resources(board)
     return was

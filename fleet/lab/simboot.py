@@ -151,10 +151,16 @@ def _boot_once(state_dir: Path, console: int) -> subprocess.Popen[bytes]:
     return proc
 
 
+def _stopping(state_dir: Path) -> bool:
+    # A board removed under us (fleet lab down --rm) is stopped too.
+    return (state_dir / "stop").exists() or not (state_dir / "board.json").exists()
+
+
 def run_board(state_dir: Path, boot_delay: float) -> None:
     console = os.open(state_dir / "console.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        while not (state_dir / "stop").exists():
+        while not _stopping(state_dir):
+            (state_dir / "halted").unlink(missing_ok=True)
             if (state_dir / "power-off").exists():
                 time.sleep(0.1)
                 continue
@@ -163,8 +169,11 @@ def run_board(state_dir: Path, boot_delay: float) -> None:
             os.write(console, b"fleet: sim board restarts\n")
             time.sleep(boot_delay)
     finally:
-        (state_dir / "board.pid").unlink(missing_ok=True)
         os.close(console)
+        with contextlib.suppress(OSError):
+            (state_dir / "board.pid").unlink(missing_ok=True)
+            # fleet lab down waits for this before it frees the board's loops and mount.
+            (state_dir / "halted").write_text("")
 
 
 def main(argv: list[str]) -> int:

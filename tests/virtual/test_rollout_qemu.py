@@ -34,7 +34,7 @@ def fleet_of_four(hello_virt: Built, tmp_path_factory: pytest.TempPathFactory) -
             fleet("lab", "up", "--board", "qemu-virt-arm64", "--disk", hello_virt.disk,
                   "--name", name, *extra)
         inventory = base / "fleet.toml"
-        fleet("lab", "inventory", "--out", inventory)
+        fleet("lab", "inventory", "--out", inventory, "--prefix", "ro")
         yield inventory
     finally:
         for name in BOARDS:
