@@ -179,6 +179,9 @@ def run_board(state_dir: Path, boot_delay: float) -> None:
 def main(argv: list[str]) -> int:
     """``python -m fleet.lab.simboot BOOT_DELAY STATE_DIR...``"""
     boot_delay = float(argv[0])
+    # The boards' programs (mount, unshare, chroot) from the system, not from whatever
+    # PATH the caller had (a virtualenv's or a version manager's shims).
+    os.environ["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     threads = [
         threading.Thread(target=run_board, args=(Path(d), boot_delay), name=Path(d).name)
