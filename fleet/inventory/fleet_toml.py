@@ -72,6 +72,17 @@ class _Text:
                 return number
         return start
 
+    def name(self, after: int, board: Any) -> int:
+        """The first line after ``after`` that says ``name = "NAME"`` of this board."""
+        if not isinstance(board, dict) or not isinstance(board.get("name"), str):
+            return 0
+        quoted = "|".join(re.escape(q + board["name"] + q) for q in ('"', "'"))
+        pattern = re.compile(rf"\bname\s*=\s*({quoted})")
+        for number in range(after + 1, len(self.lines) + 1):
+            if pattern.search(self.lines[number - 1]):
+                return number
+        return 0
+
     def groups(self) -> dict[str, int]:
         found: dict[str, int] = {}
         for number, line in enumerate(self.lines, 1):
@@ -102,16 +113,20 @@ def parse(text: str, builder: Builder, profiles: Collection[str]) -> None:
         raise builder.error(where.first(r"^\s*boards\s*="), "boards must be an array of tables")
     headers = where.matching(_BOARD_HEADER)
     seen: dict[str, int] = {}
+    line = 0
     for index, board in enumerate(boards):
-        # With boards = [{...}] inline there are no headers; the first line is then the best.
-        line = headers[index] if len(headers) == len(boards) else where.first(r"^\s*boards\s*=")
+        if len(headers) == len(boards):
+            line = headers[index]
+        else:  # boards = [{...}] inline: the line of its name, or of "boards ="
+            line = where.name(line, board) or where.first(r"^\s*boards\s*=")
         _board(board, _Entry(builder, where, profiles, f"board {index + 1}", line), seen)
         declared.update(board.get("groups", []))
     for group in builder.groups.values():
-        for child in group.children:
+        for child, child_line in group.children.items():
             if child not in declared:
-                line = where.key(where.groups().get(group.name, 0), "children")
-                raise builder.error(line, f"group {group.name!r}: child {child!r} is no group")
+                raise builder.error(
+                    child_line, f"group {group.name!r}: child {child!r} is not a group"
+                )
 
 
 class _Entry:
@@ -120,13 +135,11 @@ class _Entry:
     def __init__(
         self, builder: Builder, where: _Text, profiles: Collection[str], what: str, line: int
     ) -> None:
-        self.builder, self.where, self.profiles, self.what, self.line = (
-            builder,
-            where,
-            profiles,
-            what,
-            line,
-        )
+        self.builder = builder
+        self.where = where
+        self.profiles = profiles
+        self.what = what
+        self.line = line
 
     def error(self, key: str | None, message: str) -> InventoryError:
         line = self.where.key(self.line, key) if key else self.line
@@ -182,7 +195,7 @@ def _groups(groups: Any, builder: Builder, where: _Text, profiles: Collection[st
         if not isinstance(children, list) or not all(isinstance(c, str) for c in children):
             raise entry.error("children", "children must be a list of group names")
         for child in children:
-            builder.child(name, child, line)
+            builder.child(name, child, where.key(line, "children"))
     return set(groups)
 
 
