@@ -182,7 +182,37 @@ def main() -> None:
     update("push the broken release", release3, expect=10)
     version = http_get(board["app_port"], "/version")
     summary.append(("app answers after the rollback", "ok", f"/version {version}"))
+    rollout(release2)
     finish(0)
+
+
+SIMS = 8
+
+
+def _sims_down() -> None:
+    for n in range(1, SIMS + 1):
+        subprocess.run(
+            [*FLEET, "lab", "down", f"demo-sim-{n}", "--rm"], capture_output=True, check=False
+        )
+
+
+def rollout(release: Path) -> None:
+    """2.0.0 to a small fleet of simulated boards, in waves, with a journal."""
+    _sims_down()
+    pub = WORK / "keys" / "release.pub"
+    step(f"start {SIMS} simulated boards", "lab", "up", "--sim", "--count", str(SIMS),
+         "--name", "demo-sim", "--trust", pub)
+    inventory = WORK / "fleet.toml"
+    step("write their inventory", "lab", "inventory", "--out", inventory, "--prefix", "demo-sim")
+    (WORK / "fleet.rollouts.sqlite").unlink(missing_ok=True)
+    proc = step("roll 2.0.0 out in waves of 1, 50%, 100%", "rollout", release, "--inventory",
+                inventory, "--trust", pub, "--waves", "1,50%,100%", "--parallel", "4", "--json",
+                json_out=True)
+    report = json.loads(proc.stdout)
+    title, _, seconds = summary.pop()
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(report["counts"].items()))
+    summary.append((title, report["state"], f"{counts}; {seconds}"))
+    _sims_down()
 
 
 if __name__ == "__main__":

@@ -41,11 +41,23 @@ BOARD = '[[boards]]\nname = "a"\naddress = "x"\n'
 @pytest.mark.parametrize(
     ("text", "line", "words"),
     [
-        (BOARD + '[[boards]]\nname = "a"\naddress = "y"\n', 5, "board 'a': listed twice (first at line 1)"),
+        (
+            BOARD + '[[boards]]\nname = "a"\naddress = "y"\n',
+            5,
+            "board 'a': listed twice (first at line 1)",
+        ),
         ('[[boards]]\nname = "a"\n', 1, "board 'a': has no address"),
         ('[[boards]]\naddress = "x"\n', 1, "a board needs a name"),
-        (BOARD + 'profile = "pi9"\n', 4, "unknown board profile 'pi9' (known: qemu-virt-arm64, rpi4b)"),
-        ('\n[defaults]\nuser = "pi"\nprofile = "pi9"\n', 4, "[defaults]: unknown board profile 'pi9'"),
+        (
+            BOARD + 'profile = "pi9"\n',
+            4,
+            "unknown board profile 'pi9' (known: qemu-virt-arm64, rpi4b)",
+        ),
+        (
+            '\n[defaults]\nuser = "pi"\nprofile = "pi9"\n',
+            4,
+            "[defaults]: unknown board profile 'pi9'",
+        ),
         ('[groups.g]\nprofile = "pi9"\n', 2, "group 'g': unknown board profile 'pi9'"),
         (BOARD + "port = 70000\n", 1, "bad port 70000"),
         (BOARD + 'port = "22; rm"\n', 4, "port must be an integer, got '22; rm'"),
@@ -57,17 +69,24 @@ BOARD = '[[boards]]\nname = "a"\naddress = "x"\n'
         (BOARD + '[boards.vars]\nansible_host = "y"\n', 1, "vars may not set 'ansible_host'"),
         (BOARD + '[boards.vars]\nfleet_setting_x = "y"\n', 1, "vars may not set 'fleet_setting_x'"),
         (BOARD + "[boards.settings]\nwifi = [1]\n", 5, "setting 'wifi' must be a string"),
-        (BOARD + 'groups = ["g"]\n[groups.g]\nchildren = ["h"]\n[groups.h]\nchildren = ["g"]\n',
-         8, "children form a cycle: g -> h -> g"),
+        (
+            BOARD + 'groups = ["g"]\n[groups.g]\nchildren = ["h"]\n[groups.h]\nchildren = ["g"]\n',
+            8,
+            "children form a cycle: g -> h -> g",
+        ),
         (BOARD + '[groups.g]\nchildren = ["typo"]\n', 5, "group 'g': child 'typo' is not a group"),
         (BOARD + '[groups.all]\nuser = "x"\n', 4, "group 'all': is implicit"),
         (BOARD + 'groups = ["all"]\n', 4, "all and ungrouped are implicit"),
         (BOARD + 'groups = "lobby"\n', 4, "groups must be a list"),
         ("boards = 3\n", 1, "boards must be an array"),
         ("[[boards]\n", 1, "not valid TOML"),
-        ('\n\n[server]\nx = 1\n', 3, "unknown table 'server'"),
+        ("\n\n[server]\nx = 1\n", 3, "unknown table 'server'"),
         ("[defaults]\naddress = 'x'\n", 2, "unknown key 'address'"),
-        ("[[boards]]\nname = 'a'\naddress = 'x'\nprofile = '{{ p }}'\n", 4, "unknown board profile"),
+        (
+            "[[boards]]\nname = 'a'\naddress = 'x'\nprofile = '{{ p }}'\n",
+            4,
+            "unknown board profile",
+        ),
         ("[[boards]]\nname = 'a'\naddress = '{{ ip }}'\n", 1, "is a Jinja template"),
     ],
 )
@@ -95,7 +114,11 @@ def test_bad_toml_entries_name_file_line_and_reason(
         ("[web]\nh1 fleet_profile=pi9\n", 2, "unknown board profile 'pi9'"),
         ("[web]\nh1 ansible_host='{{ ip }}'\n", 2, "is a Jinja template"),
         ("[web]\nh1 ansible_user=[1]\n", 2, "bad ansible_user [1]"),
-        ("[web]\nh1 fleet_setting_x=[1]\n", 2, "fleet_setting_x must be a string, number or boolean"),
+        (
+            "[web]\nh1 fleet_setting_x=[1]\n",
+            2,
+            "fleet_setting_x must be a string, number or boolean",
+        ),
         ("[web]\nh1 x='unterminated\n", 2, "cannot split host line"),
         ("[ web ]\nh1\n", 1, "invalid section"),
         ("[web]\nh1:\n", 2, "ends in ':'"),
@@ -109,7 +132,11 @@ def test_bad_toml_entries_name_file_line_and_reason(
         ("[web]\nweb[a:5]\n", 2, "not numbers or letters"),
         ("[web]\nweb[c:a]\n", 2, "begin <= end"),
         ("[web]\nweb[:]\n", 2, "must be [begin:end]"),
-        ("[all:vars]\nansible_group_priority=high\n", 1, "ansible_group_priority 'high' is not a number"),
+        (
+            "[all:vars]\nansible_group_priority=high\n",
+            1,
+            "ansible_group_priority 'high' is not a number",
+        ),
     ],
 )
 def test_bad_ini_entries_name_file_line_and_reason(
@@ -131,8 +158,12 @@ LAUGHS = "all:\n  vars:\n    l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join
         ("", None, "empty YAML inventory"),
         ("# only a comment\n", None, "empty YAML inventory"),
         ("plugin: aws_ec2\n", 1, "an inventory plugin's configuration"),
-        ("all:\n  children:\n    a:\n      children:\n        b:\n          children:\n"
-         "            a:\n", 7, "children form a cycle: a -> b -> a"),
+        (
+            "all:\n  children:\n    a:\n      children:\n        b:\n          children:\n"
+            "            a:\n",
+            7,
+            "children form a cycle: a -> b -> a",
+        ),
         ("all:\n  hostz:\n    a:\n", 2, "unknown key 'hostz'"),
         ("all:\n  hosts: [a, b]\n", 2, "group all: hosts must be a mapping"),
         ("all:\n  hosts:\n    1:\n", 3, "is not a name (quote numbers and booleans)"),
@@ -166,7 +197,7 @@ def test_untrusted_sizes_and_bytes_are_refused(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe[web]\n")
     with pytest.raises(InventoryError, match="not UTF-8"):
         inventory.load(binary, PROFILES)
-    with pytest.raises(InventoryError, match="missing.toml: cannot read the inventory"):
+    with pytest.raises(InventoryError, match=r"missing\.toml: cannot read the inventory"):
         inventory.load(tmp_path / "missing.toml", PROFILES)
     with pytest.raises(InventoryError, match="cannot read the inventory: Is a directory"):
         inventory.load(tmp_path, PROFILES)
@@ -240,7 +271,11 @@ def test_fleets_toml_form(tmp_path: Path) -> None:
     one, two, spare = fleet.hosts
     assert (one.name, one.address, one.port, one.profile) == ("kiosk-01", "192.0.2.11", 22, "rpi4b")
     assert one.key == tmp_path / "keys/fleet" and one.known_hosts is None
-    assert one.settings == {"timezone": "Europe/Paris", "wifi_country": "FR", "hostname": "kiosk-01"}
+    assert one.settings == {
+        "timezone": "Europe/Paris",
+        "wifi_country": "FR",
+        "hostname": "kiosk-01",
+    }
     assert one.groups == ("canary", "lobby", "site") and one.source == f"{tmp_path}/fleet.toml:9"
     # Precedence: [defaults] < parent group < child group < the board itself.
     assert one.user == "lobby" and one.vars["colour"] == "red" and one.vars["floor"] == 0
@@ -287,7 +322,9 @@ def test_minimal_toml_and_settings_as_text(tmp_path: Path) -> None:
 
 
 def test_inline_boards_find_their_lines_by_name(tmp_path: Path) -> None:
-    text = 'boards = [\n  {name = "a", address = "x"},\n  {name = "b", address = "y", port = 0},\n]\n'
+    text = (
+        'boards = [\n  {name = "a", address = "x"},\n  {name = "b", address = "y", port = 0},\n]\n'
+    )
     refused(tmp_path, "fleet.toml", text, 3, "host b: bad port 0")
 
 
@@ -299,7 +336,11 @@ def test_lab_inventory_form_loads(tmp_path: Path) -> None:
         'groups = ["lab"]\n'
     )
     host = load(tmp_path, "lab.toml", text).get("sim-1")
-    assert (host.port, host.key, host.known_hosts) == (40022, Path("/lab/key"), Path("/lab/known_hosts"))
+    assert (host.port, host.key, host.known_hosts) == (
+        40022,
+        Path("/lab/key"),
+        Path("/lab/known_hosts"),
+    )
 
 
 def test_profiles_default_to_fleets_board_profiles(tmp_path: Path) -> None:
@@ -307,23 +348,39 @@ def test_profiles_default_to_fleets_board_profiles(tmp_path: Path) -> None:
     path.write_text("h1 fleet_profile=rpi4b\nh2\n")
     assert inventory.load(path).get("h1").profile == "rpi4b"
     path.write_text("h1 fleet_profile=pi9\n")
-    with pytest.raises(InventoryError, match=r"hosts:1: host h1: unknown board profile 'pi9' "
-                       r"\(known: cm4, qemu-virt-arm64, rpi3b, rpi4b, rpi5, zero2w\)"):
+    with pytest.raises(
+        InventoryError,
+        match=r"hosts:1: host h1: unknown board profile 'pi9' "
+        r"\(known: cm4, qemu-virt-arm64, rpi3b, rpi4b, rpi5, zero2w\)",
+    ):
         inventory.load(path)
 
 
 # ---- Ansible's INI ---------------------------------------------------------------------
 
+
 def test_ini_ranges_ports_and_literals(tmp_path: Path) -> None:
     fleet = load(
         tmp_path,
         "hosts",
-        "[web]\nweb[08:10]:2200 n=7 s=text b=True t=\"(1, {2})\" e=...\n[db]\nd[a:c]\n"
-        "r[1:2]-[x:y] q=\"two words\"\n[v6]\n[2001:db8::1]:2222\nfe80::1:22\nw[0:9:5]\n",
+        '[web]\nweb[08:10]:2200 n=7 s=text b=True t="(1, {2})" e=...\n[db]\nd[a:c]\n'
+        'r[1:2]-[x:y] q="two words"\n[v6]\n[2001:db8::1]:2222\nfe80::1:22\nw[0:9:5]\n',
     )
     assert [h.name for h in fleet.hosts] == [
-        "web08", "web09", "web10", "da", "db", "dc", "r1-x", "r1-y", "r2-x", "r2-y",
-        "2001:db8::1", "fe80::1:22", "w0", "w5",
+        "web08",
+        "web09",
+        "web10",
+        "da",
+        "db",
+        "dc",
+        "r1-x",
+        "r1-y",
+        "r2-x",
+        "r2-y",
+        "2001:db8::1",
+        "fe80::1:22",
+        "w0",
+        "w5",
     ]
     web = fleet.get("web09")
     assert web.port == 2200 and web.vars["n"] == 7 and web.vars["s"] == "text"
@@ -382,7 +439,9 @@ z=other
 def test_ini_repeats_merge_and_hosts_keep_file_order(tmp_path: Path) -> None:
     fleet = load(tmp_path, "hosts", "[a]\nh2 x=1\nh1\n[b]\nh2 x=2 y=1\n[a]\nh2 z=3\n")
     assert [h.name for h in fleet.hosts] == ["h2", "h1"]
-    assert fleet.get("h2").vars == {"x": 2, "y": 1, "z": 3} and fleet.get("h2").source.endswith(":2")
+    assert fleet.get("h2").vars == {"x": 2, "y": 1, "z": 3} and fleet.get("h2").source.endswith(
+        ":2"
+    )
     assert fleet.groups["a"] == ("h2", "h1")
 
 
@@ -415,6 +474,7 @@ def test_a_group_and_a_host_may_share_a_name(tmp_path: Path) -> None:
 
 # ---- Ansible's YAML --------------------------------------------------------------------
 
+
 def test_yaml_nesting_shorthand_merge_keys_and_repeats(tmp_path: Path) -> None:
     text = """
 all:
@@ -440,7 +500,10 @@ all:
     assert [h.name for h in fleet.hosts] == ["solo", "rack-1", "edge-1", "edge-2", "e3"]
     assert fleet.get("edge-2").port == 2222 and fleet.get("edge-2").user == "ops"
     assert fleet.get("rack-1").vars["tier"] == "racks" and fleet.get("rack-1").user == "ops"
-    assert fleet.get("e3").vars == {"base": {"ansible_user": "ops", "tier": "base"}, "other": "second"}
+    assert fleet.get("e3").vars == {
+        "base": {"ansible_user": "ops", "tier": "base"},
+        "other": "second",
+    }
     assert fleet.groups["edge"] == ("rack-1", "edge-1", "edge-2", "e3")
     assert fleet.get("edge-1").source.endswith("hosts.yaml:16")
 
