@@ -161,7 +161,7 @@ def status(
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Show a board's slots, boot state, app version and health; with --inventory, one
-    line per board of the fleet.
+    line per board of the fleet (exit 12 if any board is unreachable).
 
     Examples: fleet status pi@192.0.2.7; fleet status -I fleet.toml --group lobby
     """

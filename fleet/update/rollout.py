@@ -310,6 +310,8 @@ class _Controller:
                     self._count(rec.outcome)
         self.listener.planned([waves[n] for n in sorted(waves) if n > 0], done)
         self.journal.set_state(self.id, j.PAUSED if self.paused else j.RUNNING, os.getpid())
+        if self.paused:
+            self.listener.rollout(j.PAUSED, "paused: no board starts until fleet rollout continue")
         self._check_budget()
         interrupted = False
         numbers = [n for n in sorted(waves) if n > 0]
