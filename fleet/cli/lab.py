@@ -149,6 +149,10 @@ def up(
     Up means: the console printed the up line ('fleet: system up') and the forwarded SSH
     port answers with an SSH banner. The board's SSH host key is then pinned in the lab's
     known_hosts. On timeout the board keeps running for inspection.
+
+    With --sim --count N --trust KEYS: N simulated boards NAME-1..N (default sim-1..),
+    each the board's own agent behind a real SSH server on this machine, for rollouts at
+    scale (docs/lab.md, "Simulated boards"); then fleet lab inventory.
     """
     if sim:
         if trust is None:
