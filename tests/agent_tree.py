@@ -17,6 +17,9 @@ runs in a PID namespace of its own, where the reboot system call ends that names
 instead of restarting this machine (reboot(2): "If reboot() is called from a PID
 namespace other than the initial one, the effect is to terminate the init process of
 that namespace"), and strace records the call and its argument as the kernel got them.
+
+The tree is laid out, and its partitions made, by fleet.lab.simtree, the code simulated
+boards run in (fleet lab up --sim): this is one of those boards frozen between commands.
 """
 
 from __future__ import annotations
@@ -24,19 +27,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import stat
 import subprocess
 import time
 from pathlib import Path
 
-from fleet.hashing import sha256_file
-from fleet.image.rootfs import APP_UID, APPLETS, SBIN_APPLETS, shell_env
-from fleet.release import Health, Manifest, Payload, write_manifest
-from fleet.trust import sign_release
+from fleet.image.rootfs import APP_UID, shell_env
+from fleet.lab import simrelease, simtree
 
-REPO = Path(__file__).resolve().parent.parent
-DEVICE = REPO / "fleet" / "device"
-BUSYBOX = Path("/bin/busybox")
 SIGNIFY = shutil.which("signify-openbsd")
 CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
 UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
@@ -54,22 +51,13 @@ SLOT_PARTS = (2, 3, 5, 6)
 def available() -> bool:
     return (
         os.geteuid() == 0
-        and BUSYBOX.is_file()
+        and simtree.BUSYBOX.is_file()
         and SIGNIFY is not None
+        and all(shutil.which(p) for p in simtree.HOST_PROGRAMS)
         and shutil.which("gcc") is not None
         and shutil.which("losetup") is not None
         and STRACE is not None
     )
-
-
-def _libraries(program: str) -> list[Path]:
-    out = subprocess.run(["ldd", program], capture_output=True, text=True, check=False).stdout
-    found = []
-    for line in out.splitlines():
-        for word in line.split():
-            if word.startswith("/") and Path(word).exists():
-                found.append(Path(word))
-    return found
 
 
 def reboot_calls(trace: str) -> list[str]:
@@ -85,15 +73,9 @@ def reboot_calls(trace: str) -> list[str]:
     return found
 
 
-def _copy_in(root: Path, source: Path, mode: int = 0o755) -> None:
-    target = root / str(source).lstrip("/")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source.resolve(), target)
-    os.chmod(target, mode)
-
-
 def _stub(path: Path, record: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
     path.write_text(f'#!/bin/sh\necho "{record} $*" >> /reboots\n')
     path.chmod(0o755)
 
@@ -118,112 +100,28 @@ class AgentTree:
         self.disk = disk
         self.loops: dict[int, str] = {}
         self.mounted = False
-        for rel in (
-            "bin",
-            "sbin",
-            "usr/bin",
-            "usr/sbin",
-            "etc/fleet/keys",
-            "run",
-            "tmp",
-            "data",
-            "dev",
-            "boot/firmware",
-            "proc/sys/kernel/random",
-            "proc/device-tree/chosen/bootloader",
-            "parts",
-        ):
-            (root / rel).mkdir(parents=True, exist_ok=True)
-        _copy_in(root, BUSYBOX)
-        for applet in APPLETS:
-            folder = "sbin" if applet in SBIN_APPLETS else "bin"
-            link = root / folder / applet
-            if not link.exists():
-                link.symlink_to("/bin/busybox")
-        assert SIGNIFY is not None
-        _copy_in(root, Path(SIGNIFY))
-        (root / "bin" / "signify-openbsd").unlink(missing_ok=True)
-        if Path(SIGNIFY) != Path("/bin/signify-openbsd"):
-            (root / "bin" / "signify-openbsd").symlink_to(SIGNIFY)
-        tool = root / "usr/sbin/fleet-tool"
-        subprocess.run(
-            ["gcc", "-O2", "-Wall", "-Werror", "-o", str(tool), str(DEVICE / "fleet-tool.c")],
-            check=True,
-        )
-        for lib in {*_libraries(SIGNIFY), *_libraries(str(tool))}:
-            _copy_in(root, lib)
-        # The board's remote-control edges: recorded, not taken.
-        (root / "sbin" / "reboot").unlink()
+        simtree.lay_out(root)
+        (root / "parts").mkdir(exist_ok=True)
+        # The board's remote-control edges: recorded, not taken (fleet-reboot is real).
         _stub(root / "sbin" / "reboot", "reboot")
-        subprocess.run(
-            ["gcc", "-O2", "-Wall", "-Werror", "-o", str(root / "usr/sbin/fleet-reboot"),
-             str(DEVICE / "fleet-reboot.c")],
-            check=True,
-        )
         _stub(root / "etc/fleet/rc.shutdown", "shutdown")
-
-        etc = root / "etc/fleet"
-        for name, dest in (
-            ("agent", "agent"),
-            ("agent-ssh", "agent-ssh"),
-            ("verify-release.sh", "verify-release"),
-        ):
-            shutil.copyfile(DEVICE / name, etc / dest)
-            (etc / dest).chmod(0o755)
         for pub in pubkeys:
-            shutil.copyfile(pub, etc / "keys" / pub.name)
-        (etc / "revoked").write_text("")
-        (etc / "threshold").write_text("1\n")
-        (etc / "board.env").write_bytes(
-            shell_env(
-                {
-                    "FLEET_BOARD": board,
-                    "FLEET_BOOT_METHOD": boot_method,
-                    "FLEET_FIRMWARE_DEV": f"{disk}1",
-                    "FLEET_DATA_DEV": f"{disk}7",
-                    "FLEET_SHELL_KEYS": "no",
-                    "FLEET_WIFI_IF": "",
-                }
-            )
-        )
+            shutil.copyfile(pub, root / "etc/fleet/keys" / pub.name)
+        simtree.write_board_env(root, board, boot_method, disk)
         self.set_app("1.0.0", 1)
-        (root / "etc/passwd").write_text(
-            f"root:x:0:0::/root:/bin/sh\napp:x:{APP_UID}:{APP_UID}::/data/app:/bin/false\n"
-        )
         (root / "proc/uptime").write_text("100.00 50.00\n")
-        (root / "proc/mounts").write_text("tmpfs /boot/firmware tmpfs ro 0 0\n")
         self.set_boot_id("00000000-0000-0000-0000-000000000001")
         self.set_cmdline("console=ttyAMA0 fleet.slot=A")
         self.set_device_tree(2, False)
         try:
-            subprocess.run(
-                [
-                    "mount",
-                    "-t",
-                    "tmpfs",
-                    "-o",
-                    "ro,size=16m,mode=0755",
-                    "tmpfs",
-                    str(root / "boot/firmware"),
-                ],
-                check=True,
-            )
+            simtree.mount_firmware(root / "boot/firmware", 16)
             self.mounted = True
-            for name, minor in (("null", 3), ("zero", 5)):
-                os.mknod(root / "dev" / name, stat.S_IFCHR | 0o666, os.makedev(1, minor))
             for number in SLOT_PARTS:
                 backing = root / "parts" / f"p{number}.img"
                 with backing.open("wb") as handle:
                     handle.truncate(part_mib << 20)
-                loop = subprocess.run(
-                    ["losetup", "--find", "--show", str(backing)],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout.strip()
-                self.loops[number] = loop
-                rdev = os.stat(loop).st_rdev
-                os.mknod(root / f"dev/{Path(disk).name}{number}", stat.S_IFBLK | 0o600, rdev)
+                node = root / f"dev/{Path(disk).name}{number}"
+                self.loops[number] = simtree.attach_loop(backing, node)
         except BaseException:
             self.close()
             raise
@@ -322,33 +220,13 @@ class AgentTree:
         return found
 
     def close(self) -> None:
-        for loop in self.loops.values():
-            subprocess.run(["losetup", "-d", loop], check=False)
+        simtree.release(self.loops.values(), self.firmware if self.mounted else None)
         self.loops.clear()
-        if self.mounted:
-            subprocess.run(["umount", str(self.root / "boot/firmware")], check=False)
-            self.mounted = False
+        self.mounted = False
 
 
 def make_release(
     folder: Path, key: Path, number: int, board: str = "qemu-virt-arm64", size: int = 5000
 ) -> Path:
-    """A signed release of random payloads (boot.img, rootfs.img) for the agent tree."""
-    folder.mkdir(parents=True)
-    payloads = []
-    for name in ("boot", "rootfs"):
-        path = folder / f"{name}.img"
-        path.write_bytes(os.urandom(size + number))
-        payloads.append(Payload(name, path.name, path.stat().st_size, sha256_file(path)))
-    manifest = Manifest(
-        app="hello",
-        version=f"{number}.0.0",
-        release=number,
-        board=board,
-        arch="aarch64",
-        payloads=tuple(payloads),
-        health=Health("/health", None, 8080, 30),
-    )
-    write_manifest(folder, manifest)
-    sign_release(folder, key)
-    return folder
+    """A signed release of small payloads (boot.img, rootfs.img) for the agent tree."""
+    return simrelease.make_release(folder, key, number, board=board, size=size, app="hello")

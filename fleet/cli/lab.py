@@ -18,7 +18,7 @@ from fleet.cli.output import JSON_HELP, err, note, out, print_json
 from fleet.errors import LabError, UsageError
 from fleet.lab.bootchart import format_table
 from fleet.lab.console import attach, print_log
-from fleet.lab.state import Board, lab_root
+from fleet.lab.state import Board
 from fleet.run import run
 
 app = typer.Typer(
@@ -106,6 +106,14 @@ def up(
         float,
         typer.Option("--boot-delay", min=0, help="With --sim: seconds a reboot takes."),
     ] = 0.3,
+    health_timeout: Annotated[
+        int,
+        typer.Option(
+            "--health-timeout",
+            min=1,
+            help="With --sim: the trial's health deadline in seconds (FLEET_HEALTH_TIMEOUT).",
+        ),
+    ] = 10,
     name: str | None = typer.Option(
         None, "--name", help="Board name (a-z, 0-9, '-'); default: the profile name."
     ),
@@ -166,6 +174,7 @@ def up(
             profile=board or "qemu-virt-arm64",
             release=release,
             boot_delay=boot_delay,
+            health_timeout=health_timeout,
             timeout=timeout,
         )
         if json_out:
@@ -175,7 +184,7 @@ def up(
                 _print_board(made_board)
         return
     if board is None or disk_image is None:
-        raise UsageError("give --board PROFILE and --disk IMAGE (or --sim --count N)")
+        raise UsageError("give --board PROFILE and --disk IMAGE (or --sim --count N --trust KEYS)")
     # Checked before the disk is copied, so a bad value leaves no board behind.
     settings = provision_opts.requested(
         hostname,
@@ -221,11 +230,14 @@ def list_(json_out: bool = typer.Option(False, "--json", help=JSON_HELP)) -> Non
     if not boards:
         note("no lab boards (start one with fleet lab up)")
         return
-    out.print(f"{'NAME':<16} {'BOARD':<16} {'STATE':<8} {'PID':>7} {'SSH':>6} {'APP':>6}  DISK")
+    out.print(
+        f"{'NAME':<16} {'KIND':<5} {'BOARD':<16} {'STATE':<8} {'PID':>7} {'SSH':>6} {'APP':>6}"
+        "  DISK"
+    )
     for b in boards:
         pid = "-" if b["pid"] is None else str(b["pid"])
         out.print(
-            f"{b['name']:<16} {b['board']:<16} {b['state']:<8} {pid:>7} "
+            f"{b['name']:<16} {b['kind']:<5} {b['board']:<16} {b['state']:<8} {pid:>7} "
             f"{b['ssh_port']:>6} {b['app_port']:>6}  {b['disk']}"
         )
 
@@ -282,6 +294,10 @@ def console(
     Boards with several UARTs share one console: Ctrl-a c switches the one you type to.
     """
     board = lab.get(name)
+    if board.kind == "sim" and not log:
+        # A simulated board's console is output only: attaching is following its log.
+        note(f"{name} is a simulated board: following its console log (Ctrl-C ends)")
+        follow = True
     if log or follow:
         with contextlib.suppress(KeyboardInterrupt):
             print_log(board.console_log, follow)
@@ -311,13 +327,20 @@ def boot_time(
 
 @app.command("down")
 def down(
-    name: str = typer.Argument(..., help="Board name."),
-    rm: bool = typer.Option(False, "--rm", help="Also delete its state folder (disk copy, logs)."),
+    name: Annotated[str | None, typer.Argument(metavar="NAME", help="Board name.")] = None,
+    rm: bool = typer.Option(
+        False, "--rm", "--remove", help="Also delete its state folder (disk copy, logs)."
+    ),
+    all_boards: bool = typer.Option(False, "--all", help="Every board of the lab."),
 ) -> None:
-    """Shut the board down (QEMU stops cleanly); keep its state unless --rm."""
-    was_running = lab.down(name, remove=rm)
-    state = "stopped" if was_running else "was not running"
-    note(f"{name}: {state}{'; state removed' if rm else ''}")
+    """Shut the board down (QEMU stops cleanly; a simulated board stops and its loop
+    devices and partition 1 are freed); keep its state unless --rm."""
+    if all_boards == (name is not None):
+        raise UsageError("give a board name or --all")
+    done = lab.down_all(remove=rm) if name is None else [(name, lab.down(name, remove=rm))]
+    for board_name, was_running in done:
+        state = "stopped" if was_running else "was not running"
+        note(f"{board_name}: {state}{'; state removed' if rm else ''}")
 
 
 @app.command("power")
@@ -371,43 +394,22 @@ def sim_fault(
     note(f"{name}: fault {fault} (from its next boot)")
 
 
-def _toml_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 @app.command("inventory")
 def inventory(
     out_file: Path | None = typer.Option(None, "--out", help="Write here instead of stdout."),
     group: list[str] = typer.Option(
-        [], "--group", help="Groups every board is put in (repeatable; default: lab)."
+        [], "--group", help="Groups every board is put in (repeatable; default: its kind)."
     ),
     prefix: str | None = typer.Option(
         None, "--prefix", help="Only boards named PREFIX-N (those of one lab up --sim)."
     ),
 ) -> None:
-    """An inventory (fleet's TOML) of every running lab board, for fleet rollout and
-    fleet status --inventory."""
+    """An inventory (fleet's TOML) of every running lab board, simulated or QEMU, for
+    fleet rollout and fleet status --inventory. Without --group each board is in the
+    group of its kind: sim or qemu."""
     from fleet import atomic
 
-    groups = group or ["lab"]
-    chunks = ["# fleet lab inventory: the running boards of " + str(lab_root()) + "\n"]
-    for board in lab.list_boards():
-        if board.running_pid() is None:
-            continue
-        if prefix is not None and not board.name.startswith(prefix + "-"):
-            continue
-        chunks.append(
-            "\n[[boards]]\n"
-            f"name = {_toml_string(board.name)}\n"
-            'address = "127.0.0.1"\n'
-            f"port = {board.ssh_port}\n"
-            'user = "root"\n'
-            f"key = {_toml_string(str(board.key_path))}\n"
-            f"known_hosts = {_toml_string(str(board.known_hosts_path))}\n"
-            f"profile = {_toml_string(board.profile)}\n"
-            f"groups = [{', '.join(_toml_string(g) for g in groups)}]\n"
-        )
-    text = "".join(chunks)
+    text = lab.inventory(group, prefix)
     if out_file is None:
         sys.stdout.write(text)
     else:

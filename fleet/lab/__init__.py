@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,7 +53,9 @@ __all__ = [
     "boot_chart",
     "console_mark",
     "down",
+    "down_all",
     "get",
+    "inventory",
     "list_boards",
     "power",
     "session",
@@ -413,6 +416,53 @@ def down(name: str, remove: bool = False) -> bool:
     return was_running
 
 
+def down_all(remove: bool = False) -> list[tuple[str, bool]]:
+    """``down`` for every board of the lab (simulated ones together); returns each name
+    and whether it was running."""
+    boards = list_boards()
+    sims = [b for b in boards if b.kind == "sim"]
+    done: dict[str, bool] = {}
+    if sims:
+        from fleet.lab import sim
+
+        for board, was in zip(sims, sim.down_many(sims), strict=True):
+            done[board.name] = was
+            if remove:
+                _forget(board)
+    for board in boards:
+        if board.kind != "sim":
+            done[board.name] = down(board.name, remove)
+    return [(b.name, done[b.name]) for b in boards]
+
+
+def _toml_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def inventory(groups: Sequence[str] = (), prefix: str | None = None) -> str:
+    """An inventory in fleet's TOML form (docs/inventory.md) of every running lab board,
+    simulated or QEMU (only PREFIX-N ones with PREFIX): each in GROUPS, by default in the
+    group of its kind ("sim" or "qemu")."""
+    chunks = [f"# fleet lab inventory: the running boards of {lab_root()}\n"]
+    for board in list_boards():
+        if board.running_pid() is None:
+            continue
+        if prefix is not None and not board.name.startswith(prefix + "-"):
+            continue
+        chunks.append(
+            "\n[[boards]]\n"
+            f"name = {_toml_string(board.name)}\n"
+            'address = "127.0.0.1"\n'
+            f"port = {board.ssh_port}\n"
+            'user = "root"\n'
+            f"key = {_toml_string(str(board.key_path))}\n"
+            f"known_hosts = {_toml_string(str(board.known_hosts_path))}\n"
+            f"profile = {_toml_string(board.profile)}\n"
+            f"groups = [{', '.join(_toml_string(g) for g in groups or [board.kind])}]\n"
+        )
+    return "".join(chunks)
+
+
 def _forget(board: Board) -> None:
     from fleet import ssh
 
@@ -441,7 +491,7 @@ def power(
     if board.kind == "sim":
         from fleet.lab import sim
 
-        sim.power(board, action, wait=wait)
+        sim.power(board, action, wait=wait, timeout=timeout)
         note(f"{name}: power {action}")
         return board
     if action in ("off", "cycle"):

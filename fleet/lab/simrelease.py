@@ -22,8 +22,11 @@ def make_release(
     size: int = 64 * 1024,
     healthy: bool = True,
     version: str | None = None,
+    app: str = "sim",
 ) -> Path:
-    """A release NUMBER (version NUMBER.0.0) of boot.img and rootfs.img, signed by KEY."""
+    """A release NUMBER (version NUMBER.0.0) of boot.img and rootfs.img, each SIZE +
+    NUMBER bytes (the same bytes for the same arguments), signed by KEY (a .sec); with
+    ``healthy=False`` its rootfs starts with UNHEALTHY_MARK, so a sim board's app fails."""
     folder.mkdir(parents=True)
     rng = random.Random(number * 7919 + size)
     payloads = []
@@ -35,7 +38,7 @@ def make_release(
         path.write_bytes(data)
         payloads.append(Payload(name, path.name, path.stat().st_size, sha256_file(path)))
     manifest = Manifest(
-        app="sim",
+        app=app,
         version=version or f"{number}.0.0",
         release=number,
         board=board,
