@@ -10,6 +10,7 @@ its signatures, and the slot payloads it names by size and SHA-256.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,6 +278,12 @@ def read_manifest_bytes(folder: Path) -> bytes:
     if len(data) > MAX_MANIFEST:
         raise ReleaseError(f"malformed manifest: larger than {MAX_MANIFEST >> 10} KiB")
     return data
+
+
+def manifest_sha256(folder: Path) -> str:
+    """The SHA-256 of the manifest's bytes: how a board names the release a slot holds
+    (its agent hashes the same bytes at install-manifest)."""
+    return hashlib.sha256(read_manifest_bytes(folder)).hexdigest()
 
 
 def load_manifest(folder: Path) -> Manifest:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -328,10 +329,7 @@ def history(
     if rollout_id is None:
         rows: list[dict[str, Any]] = []
         for record in book.history():
-            counts: dict[str, int] = {}
-            for b in book.boards(record.id):
-                key = b.outcome or ro.NOT_STARTED
-                counts[key] = counts.get(key, 0) + 1
+            counts = dict(Counter(b.outcome for b in ro.outcomes(book, record.id)))
             rows.append(
                 {
                     "rollout": record.id,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 from fleet.cli.output import err
@@ -129,9 +129,7 @@ class LiveView(PlainView):
 
         with self._lock:
             total = sum(len(w) for w in self.waves)
-            counts: dict[str, int] = {}
-            for value in self.outcomes.values():
-                counts[value] = counts.get(value, 0) + 1
+            counts = Counter(self.outcomes.values())
             done = len(self.outcomes)
             elapsed = time.monotonic() - self.started
             rate = self.sent / elapsed if elapsed > 0 else 0.0

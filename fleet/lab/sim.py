@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import concurrent.futures as cf
 import contextlib
-import hashlib
 import os
 import shutil
 import signal
@@ -34,7 +33,7 @@ from fleet.lab import simboot, simtree
 from fleet.lab.keys import ensure_client_key
 from fleet.lab.ports import free_loopback_port
 from fleet.lab.state import Board, check_name, lab_root, load, save
-from fleet.release import load_manifest, read_manifest_bytes
+from fleet.release import load_manifest, manifest_sha256
 from fleet.run import run
 
 PARTS = (2, 3, 5, 6)
@@ -155,7 +154,7 @@ def _flash_release(state_dir: Path, release: Path) -> None:
         part = state_dir / "parts" / f"p{_payload_part('A', payload.name)}.img"
         with (release / payload.file).open("rb") as src, part.open("r+b") as dst:
             shutil.copyfileobj(src, dst)
-    sha = hashlib.sha256(read_manifest_bytes(release)).hexdigest()
+    sha = manifest_sha256(release)
     state = bootstate.BootState(
         seq=1, floor=manifest.release, slot_a=f"{manifest.release}:{manifest.version}:{sha}"
     )

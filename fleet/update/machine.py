@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import tarfile
 import time
@@ -26,7 +25,14 @@ from pathlib import Path
 
 from fleet import ssh
 from fleet.errors import FleetError, HostKeyError, ReleaseError, RemoteError
-from fleet.release import MANIFEST, SIGNATURES, Manifest, load_manifest, read_manifest_bytes
+from fleet.release import (
+    MANIFEST,
+    SIGNATURES,
+    Manifest,
+    load_manifest,
+    manifest_sha256,
+    read_manifest_bytes,
+)
 from fleet.trust import signature_files, verify_release
 from fleet.update import result as r
 from fleet.update.status import AGENT, BoardStatus, read_status
@@ -209,10 +215,6 @@ def _deadline(manifest: Manifest, options: Options) -> float:
     if options.health_timeout is not None:
         return options.health_timeout
     return manifest.health.timeout + BOOT_ALLOWANCE
-
-
-def manifest_sha256(folder: Path) -> str:
-    return hashlib.sha256(read_manifest_bytes(folder)).hexdigest()
 
 
 def runs_manifest(status: BoardStatus, sha: str) -> bool:

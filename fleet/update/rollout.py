@@ -13,14 +13,14 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from fleet.errors import ReleaseError, UsageError
-from fleet.release import load_manifest
+from fleet.release import load_manifest, manifest_sha256
 from fleet.trust import verify_release
 from fleet.update import journal as j
 from fleet.update import machine
@@ -130,10 +130,7 @@ class Report:
     boards: list[BoardOutcome] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
-        found: dict[str, int] = {}
-        for board in self.boards:
-            found[board.outcome] = found.get(board.outcome, 0) + 1
-        return found
+        return dict(Counter(board.outcome for board in self.boards))
 
     @property
     def exit_code(self) -> int:
@@ -161,7 +158,7 @@ class Report:
         }
 
 
-def _outcomes(journal: j.Journal, rollout_id: int) -> list[BoardOutcome]:
+def outcomes(journal: j.Journal, rollout_id: int) -> list[BoardOutcome]:
     found = []
     for rec in journal.boards(rollout_id):
         seconds = (rec.finished - rec.started) if rec.finished and rec.started else 0.0
@@ -216,7 +213,7 @@ def start(
                 release=str(folder.resolve()),
                 release_number=manifest.release,
                 version=manifest.version,
-                manifest_sha256=machine.manifest_sha256(folder),
+                manifest_sha256=manifest_sha256(folder),
                 inventory=inventory,
                 group=group,
                 options=asdict(settings),
@@ -261,7 +258,7 @@ def resume(
             verify_release(folder, trust)
         except ReleaseError as exc:
             raise ReleaseError(f"cannot resume rollout {record.id}: {exc}") from exc
-        if machine.manifest_sha256(folder) != record.manifest_sha256:
+        if manifest_sha256(folder) != record.manifest_sha256:
             raise ReleaseError(
                 f"cannot resume rollout {record.id}: {folder} now holds another manifest "
                 "than the one the rollout started with"
@@ -366,7 +363,7 @@ class _Controller:
         if state != "interrupted":
             self.journal.set_state(self.id, state)
         self.listener.rollout(state, message)
-        return Report(self.journal.get(self.id), state, message, _outcomes(self.journal, self.id))
+        return Report(self.journal.get(self.id), state, message, outcomes(self.journal, self.id))
 
     # ---- requests from other terminals -------------------------------------------------
     def _requests(self) -> None:
