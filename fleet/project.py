@@ -38,6 +38,23 @@ class Health:
     check_timeout_s: int = 10
 
 
+PULL_URL = re.compile(r"^https?://[A-Za-z0-9.:/_%~-]+$")
+PULL_GROUP = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Pull:
+    """[pull] (docs/pull.md): where a board polls, and the timestamp keys it pins. The
+    URL and group may be left to provisioning (fleet provision --pull-url); the keys are
+    part of the signed image."""
+
+    url: str | None
+    group: str
+    interval_s: int
+    jitter_s: int
+    timestamp_keys: tuple[Path, ...]
+
+
 @dataclass(frozen=True)
 class Project:
     root: Path
@@ -52,6 +69,7 @@ class Project:
     # [image] wifi: carry the board's WiFi (driver, firmware, client) or not; None: as
     # the board profile says (a Zero 2 W's always do).
     wifi: bool | None = None
+    pull: Pull | None = None  # [pull]: the board polls a store for its updates
 
     @property
     def lock_path(self) -> Path:
@@ -100,6 +118,7 @@ def load_project(folder: Path) -> Project:
         ),
         packages=tuple(top.str_list("packages", default=[])),
         wifi=_wifi_choice(top),
+        pull=_pull(top, folder.resolve()),
     )
     if project.port > 65535:
         raise run.error("port", f"must be at most 65535, got {project.port}")
@@ -110,6 +129,30 @@ def load_project(folder: Path) -> Project:
     for table in (top, app, build, run, health):
         table.reject_unknown()
     return project
+
+
+def _pull(top: Table, root: Path) -> Pull | None:
+    table = top.opt_table("pull")
+    if table is None:
+        return None
+    url = table.opt_str("url")
+    if url is not None and not PULL_URL.match(url):
+        raise table.error("url", f"an http:// or https:// URL, no spaces or quotes: {url!r}")
+    group = table.str("group", default="default")
+    if not PULL_GROUP.match(group):
+        raise table.error("group", f"lower-case letters, digits, '.', '_' and '-', got {group!r}")
+    keys = tuple(root / k for k in table.str_list("timestamp_keys"))
+    if not keys:
+        raise table.error("timestamp_keys", "name at least one timestamp public key")
+    pull = Pull(
+        url=url.rstrip("/") if url else None,
+        group=group,
+        interval_s=table.int("interval", default=300, minimum=1),
+        jitter_s=table.int("jitter", default=60, minimum=0),
+        timestamp_keys=keys,
+    )
+    table.reject_unknown()
+    return pull
 
 
 def _wifi_choice(top: Table) -> bool | None:

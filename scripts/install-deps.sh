@@ -12,7 +12,7 @@ mmdebstrap debian-archive-keyring
 bmap-tools rauc signify-openbsd busybox-static cryptsetup-bin
 zstd xz-utils cpio file
 iproute2 openssh-client udev kmod
-shellcheck strace
+shellcheck strace nginx
 python3-venv
 "
 

@@ -70,6 +70,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "update": ("fleet.cli.update", "update", "command"),
     "status": ("fleet.cli.update", "status", "command"),
     "rollout": ("fleet.cli.rollout", "app", "group"),
+    "publish": ("fleet.cli.publish", "publish", "command"),
 }
 
 

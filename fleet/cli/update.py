@@ -152,7 +152,18 @@ def status(
         ),
     ] = None,
     group: Annotated[
-        str | None, typer.Option("--group", "-g", help="With --inventory: only this group.")
+        str | None,
+        typer.Option("--group", "-g", help="With --inventory or --published: only this group."),
+    ] = None,
+    published: Annotated[
+        str | None,
+        typer.Option(
+            "--published",
+            help="What the boards of a pull store reported (a folder or s3://BUCKET/PREFIX).",
+        ),
+    ] = None,
+    endpoint_url: Annotated[
+        str | None, typer.Option("--endpoint-url", help="With --published: an S3 endpoint.")
     ] = None,
     identity: IdentityOpt = None,
     known_hosts: KnownHostsOpt = None,
@@ -163,10 +174,18 @@ def status(
     """Show a board's slots, boot state, app version and health; with --inventory, one
     line per board of the fleet (exit 12 if any board is unreachable).
 
-    Examples: fleet status pi@192.0.2.7; fleet status -I fleet.toml --group lobby
+    Examples: fleet status pi@192.0.2.7; fleet status -I fleet.toml --group lobby;
+    fleet status --published /srv/fleet
     """
+    if published is not None:
+        if target is not None or inventory is not None:
+            raise UsageError("--published takes no TARGET or --inventory")
+        from fleet.cli.publish import published_status
+
+        published_status(published, group, endpoint_url, json_out)
+        return
     if (target is None) == (inventory is None):
-        raise UsageError("give one board (TARGET) or --inventory FILE")
+        raise UsageError("give one board (TARGET), --inventory FILE or --published STORE")
     if inventory is not None:
         _fleet_status(inventory, group, identity, trust_new_host, connect_timeout, json_out)
         return

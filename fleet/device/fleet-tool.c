@@ -21,6 +21,13 @@
  *                                  all): print its strings a line each, up to the first
  *                                  empty one. Exit 1 if the file is missing, shorter than
  *                                  SIZE or its CRC does not match (a torn write).
+ *   fleet-tool take SIZE           copy exactly SIZE bytes of standard input to standard
+ *                                  output, and only if the input then ends: the last block
+ *                                  is held back until end of input is seen, so a stream
+ *                                  longer than SIZE (a store's endless data) never hands
+ *                                  its reader all SIZE bytes, and one shorter does not
+ *                                  either. Exit 1 (after at most SIZE + 1 bytes read) when
+ *                                  the input is longer or shorter.
  *
  * The agent computed CRCs with a gzip pipeline and read each copy with a dozen more
  * processes; on the virtual board every process start costs about 35 ms, which made
@@ -44,7 +51,7 @@
 static int usage(void)
 {
     fputs("usage: fleet-tool lock FD SECONDS | as-user UID GID PROG [ARGS...] | crc32"
-          " | env-read FILE SIZE\n",
+          " | env-read FILE SIZE | take SIZE\n",
           stderr);
     return 2;
 }
@@ -185,6 +192,73 @@ static int env_read(const char *path, const char *size_text)
     return 0;
 }
 
+static int write_all(const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(1, buf, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        buf += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Fill buf with up to len bytes; returns how many (short only at end of input). */
+static ssize_t read_full(char *buf, size_t len)
+{
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = read(0, buf + got, len - got);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (n == 0)
+            break;
+        got += (size_t)n;
+    }
+    return (ssize_t)got;
+}
+
+static int cmd_take(const char *size_text)
+{
+    static char buf[65536];
+    long long left;
+    char *end;
+    char extra;
+
+    errno = 0;
+    left = strtoll(size_text, &end, 10);
+    if (*size_text == '\0' || *end != '\0' || errno != 0 || left < 0)
+        return usage();
+    /* Everything but the last block goes straight through. */
+    while (left > (long long)sizeof(buf)) {
+        ssize_t n = read_full(buf, sizeof(buf));
+        if (n < (ssize_t)sizeof(buf)) {
+            fputs("take: input ended early\n", stderr);
+            return 1;
+        }
+        if (write_all(buf, (size_t)n) != 0)
+            return 1;
+        left -= n;
+    }
+    ssize_t n = read_full(buf, (size_t)left);
+    if (n != (ssize_t)left) {
+        fputs("take: input ended early\n", stderr);
+        return 1;
+    }
+    if (read_full(&extra, 1) != 0) {
+        fputs("take: input is longer than its signed size\n", stderr);
+        return 1;
+    }
+    return write_all(buf, (size_t)n) == 0 ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 4 && strcmp(argv[1], "lock") == 0)
@@ -193,6 +267,8 @@ int main(int argc, char **argv)
         return as_user(argc - 2, argv + 2);
     if (argc == 2 && strcmp(argv[1], "crc32") == 0)
         return crc32_stdin();
+    if (argc == 3 && strcmp(argv[1], "take") == 0)
+        return cmd_take(argv[2]);
     if (argc == 4 && strcmp(argv[1], "env-read") == 0)
         return env_read(argv[2], argv[3]);
     return usage();

@@ -18,6 +18,8 @@ from fleet.image import wireless
 from fleet.image.elf import needed_closure
 from fleet.image.kernel import KernelTree
 from fleet.project import Project
+from signing.errors import SigningError
+from signing.keys import parse_public
 
 DEVICE_DIR = data_dir("device")
 
@@ -280,7 +282,32 @@ def assemble(
     staged.add_bytes("etc/fleet/revoked", revoked.encode(), "fleet")
     staged.add_bytes("etc/fleet/threshold", f"{trust.threshold}\n".encode(), "fleet")
     staged.add_file("etc/fleet/verify-release", DEVICE_DIR / "verify-release.sh", "fleet", 0o755)
+    _add_pull(staged, project)
     return staged
+
+
+def _add_pull(staged: Staged, project: Project) -> None:
+    """Pull mode (docs/pull.md): the script, always (a URL may come with provisioning),
+    and [pull]'s settings and pinned timestamp keys when fleet.toml has them."""
+    staged.add_file("etc/fleet/pull", DEVICE_DIR / "pull", "fleet", 0o755)
+    pull = project.pull
+    if pull is None:
+        return
+    for path in pull.timestamp_keys:
+        try:
+            key = parse_public(path.read_bytes(), str(path))
+        except OSError as exc:
+            raise BuildError(f"[pull] timestamp_keys: {path}: {exc.strerror}") from exc
+        except SigningError as exc:
+            raise BuildError(f"[pull] timestamp_keys: {exc}") from exc
+        staged.add_bytes(f"etc/fleet/pull-keys/{key.key_id}.pub", key.to_bytes(), "fleet")
+    settings = {
+        "PULL_URL": pull.url or "",
+        "PULL_GROUP": pull.group,
+        "PULL_INTERVAL": str(pull.interval_s),
+        "PULL_JITTER": str(pull.jitter_s),
+    }
+    staged.add_bytes("etc/fleet/pull.env", shell_env(settings), "fleet")
 
 
 def _check_applets(busybox: Path) -> None:

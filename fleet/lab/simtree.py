@@ -33,6 +33,7 @@ DEVICE_SCRIPTS = {
     "agent-ssh": "etc/fleet/agent-ssh",
     "verify-release.sh": "etc/fleet/verify-release",
     "health-watch": "etc/fleet/health-watch",
+    "pull": "etc/fleet/pull",
 }
 FOLDERS = (
     "bin",
@@ -292,6 +293,7 @@ stamp ssh
     done
 ) &
 /etc/fleet/health-watch < /dev/null > /dev/null 2>&1 &
+/etc/fleet/pull loop < /dev/null > /dev/null 2>&1 &
 . /etc/fleet/app.env
 say "system up: slot $slot, $FLEET_APP_NAME $FLEET_APP_VERSION (release $FLEET_RELEASE), host $name"
 while :; do

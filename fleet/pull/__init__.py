@@ -1,0 +1,1 @@
+"""Pull updates (docs/pull.md): signed documents in a static store that boards poll."""
