@@ -100,15 +100,31 @@ class Built:
 def release_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     keys = tmp_path_factory.mktemp("keys")
     fleet("keys", "generate", "--out", keys, "--name", "release")
+    # The pull mode's online timestamp key, beside it: the images pin its public half.
+    fleet("keys", "generate", "--out", keys, "--name", "timestamp")
     return keys / "release.sec", keys / "release.pub"
+
+
+def timestamp_key(release_pub: Path) -> tuple[Path, Path]:
+    return release_pub.with_name("timestamp.sec"), release_pub.with_name("timestamp.pub")
+
+
+def with_pull(app: Path, release_pub: Path) -> Path:
+    """The app's fleet.toml with a [pull] section pinning the tests' timestamp key (no
+    URL: a board pulls only once provisioning gives it one)."""
+    toml = app / "fleet.toml"
+    pub = timestamp_key(release_pub)[1]
+    toml.write_text(toml.read_text() + f'\n[pull]\ntimestamp_keys = ["{pub}"]\n')
+    return app
 
 
 @pytest.fixture(scope="session")
 def hello_virt(tmp_path_factory: pytest.TempPathFactory, release_key: tuple[Path, Path]) -> Built:
     """examples/hello-c built and signed for qemu-virt-arm64, as a development image (the
-    lab's shell key gets in, so tests can look around on the board)."""
+    lab's shell key gets in, so tests can look around on the board), pinning the tests'
+    timestamp key for pull mode."""
     base = tmp_path_factory.mktemp("hello-virt")
-    app = copy_example("hello-c", base / "app")
+    app = with_pull(copy_example("hello-c", base / "app"), release_key[1])
     out = base / "out"
     fleet("build", "--board", "qemu-virt-arm64", "--project", app, "--out", out,
           "--key", release_key[0], "--dev")
@@ -120,9 +136,9 @@ def hello_v2_virt(tmp_path_factory: pytest.TempPathFactory, hello_virt: Built) -
     """hello_virt's app as version 2.0.0 (release 2), signed by the same key: the release
     an update or a rollout takes the boards to."""
     base = tmp_path_factory.mktemp("hello-v2")
-    app = copy_example(
+    app = with_pull(copy_example(
         "hello-c", base / "app", version="2.0.0", release=2, lock_from=hello_virt.app
-    )
+    ), hello_virt.pub)
     fleet("build", "--board", "qemu-virt-arm64", "--project", app, "--out", base / "out",
           "--key", hello_virt.key, "--dev")
     return base / "out" / "release"

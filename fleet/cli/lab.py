@@ -147,6 +147,10 @@ def up(
     wifi_ssid: provision_opts.WifiSsidOpt = None,
     wifi_psk_file: provision_opts.WifiPskOpt = None,
     wifi_country: provision_opts.WifiCountryOpt = None,
+    pull_url: provision_opts.PullUrlOpt = None,
+    pull_group: provision_opts.PullGroupOpt = None,
+    pull_interval: provision_opts.PullIntervalOpt = None,
+    pull_jitter: provision_opts.PullJitterOpt = None,
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Flash DISK onto a new virtual board and boot it; return when it is up.
@@ -195,6 +199,10 @@ def up(
         wifi_ssid=wifi_ssid,
         wifi_psk_file=wifi_psk_file,
         wifi_country=wifi_country,
+        pull_url=pull_url,
+        pull_group=pull_group,
+        pull_interval=pull_interval,
+        pull_jitter=pull_jitter,
     )
     if in_place:  # the device itself gets the settings: fleet flash's refusals apply
         provision_opts.check_device(disk_image)

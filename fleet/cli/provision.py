@@ -74,6 +74,20 @@ WifiPskOpt = Annotated[
         "card gets only the key derived from it, as wpa_passphrase makes it.",
     ),
 ]
+PullUrlOpt = Annotated[
+    str | None,
+    typer.Option("--pull-url", help="Pull mode: the store the board polls (docs/pull.md)."),
+]
+PullGroupOpt = Annotated[
+    str | None, typer.Option("--pull-group", help="Pull mode: the board's group.")
+]
+PullIntervalOpt = Annotated[
+    int | None, typer.Option("--pull-interval", help="Pull mode: seconds between polls.")
+]
+PullJitterOpt = Annotated[
+    int | None,
+    typer.Option("--pull-jitter", help="Pull mode: up to this many seconds added at random."),
+]
 WifiCountryOpt = Annotated[
     str | None,
     typer.Option("--wifi-country", help="WiFi regulatory country, ISO 3166 (e.g. GB, DE, US)."),
@@ -91,14 +105,26 @@ def requested(
     wifi_ssid: str | None = None,
     wifi_psk_file: Path | None = None,
     wifi_country: str | None = None,
+    pull_url: str | None = None,
+    pull_group: str | None = None,
+    pull_interval: int | None = None,
+    pull_jitter: int | None = None,
 ) -> provision.Settings | None:
     """The settings these options ask for, every value checked; None when none is given.
 
     fleet.provision (TOML, address and key parsing) is imported only when settings are
     given, so that a plain ``fleet flash`` starts without it."""
-    wifi = (wifi_ssid, wifi_psk_file, wifi_country)
+    optional = (
+        wifi_ssid,
+        wifi_psk_file,
+        wifi_country,
+        pull_url,
+        pull_group,
+        pull_interval,
+        pull_jitter,
+    )
     if not (hostname or keys or network or config_files or settings or recreate_data) and not any(
-        v is not None for v in wifi
+        v is not None for v in optional
     ):
         return None
     from fleet import provision
@@ -115,6 +141,10 @@ def requested(
             wifi_ssid=wifi_ssid,
             wifi_psk_file=wifi_psk_file,
             wifi_country=wifi_country,
+            pull_url=pull_url,
+            pull_group=pull_group,
+            pull_interval=pull_interval,
+            pull_jitter=pull_jitter,
         )
     )
 
@@ -148,6 +178,10 @@ def provision_cmd(
     wifi_ssid: WifiSsidOpt = None,
     wifi_psk_file: WifiPskOpt = None,
     wifi_country: WifiCountryOpt = None,
+    pull_url: PullUrlOpt = None,
+    pull_group: PullGroupOpt = None,
+    pull_interval: PullIntervalOpt = None,
+    pull_jitter: PullJitterOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Write per-board settings into TARGET's first partition, leaving the signed slots
@@ -159,7 +193,8 @@ def provision_cmd(
     Examples:
     fleet provision out/disk.img --hostname kiosk-01 --authorized-key ~/.ssh/id_ed25519.pub;
     fleet provision /dev/sdb --settings boards.toml --hostname kiosk-02;
-    fleet provision out/disk.img --wifi-ssid Workshop --wifi-psk-file wifi.txt --wifi-country GB
+    fleet provision out/disk.img --wifi-ssid Workshop --wifi-psk-file wifi.txt --wifi-country GB;
+    fleet provision out/disk.img --pull-url https://cdn.example.com/fleet --pull-group lobby
     """
     result = requested(
         hostname,
@@ -172,6 +207,10 @@ def provision_cmd(
         wifi_ssid,
         wifi_psk_file,
         wifi_country,
+        pull_url,
+        pull_group,
+        pull_interval,
+        pull_jitter,
     )
     if result is None:
         raise typer.BadParameter("give at least one setting (see --help)")

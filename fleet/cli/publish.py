@@ -83,6 +83,10 @@ def publish(
     endpoint_url: Annotated[
         str | None, typer.Option("--endpoint-url", help="An S3-compatible store's endpoint.")
     ] = None,
+    acl: Annotated[
+        str | None,
+        typer.Option("--acl", help="S3: a canned ACL for every object, e.g. public-read."),
+    ] = None,
     inventory: Annotated[
         Path | None,
         typer.Option(
@@ -127,7 +131,7 @@ def publish(
         raise UsageError("give --to FOLDER or --to s3://BUCKET/PREFIX")
     if timestamp_key is None:
         raise UsageError("give --timestamp-key (the online timestamp role's secret key)")
-    store = open_store(to, endpoint_url)
+    store = open_store(to, endpoint_url, acl)
     ts_key = trustlib.load_secret_key(timestamp_key)
     ts_life = duration(timestamp_expires, "--timestamp-expires")
     boards = _boards(inventory, group)

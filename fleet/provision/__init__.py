@@ -11,6 +11,7 @@ The board reads them at every boot (fleet/device/rc.sysinit). Layout on partitio
     fleet/authorized_keys  OpenSSH authorized_keys lines
     fleet/network          key=value lines: mode=dhcp, or mode=static + address etc.
     fleet/wifi             ssid=, psk= (derived key), country= (fleet.provision.wifi)
+    fleet/pull             url=, group=, interval=, jitter=: pull mode (docs/pull.md)
     fleet/files/...        copied to /data/app/config/... (a mirror) at every boot
     fleet/data-recreate    present: recreate the data filesystem if it is damaged
 

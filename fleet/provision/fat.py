@@ -85,6 +85,8 @@ def _stage(settings: Settings, stage: Path) -> list[str]:
         singles["data-recreate"] = "requested by fleet provisioning\n"
     if settings.wifi is not None:
         singles["wifi"] = settings.wifi.render()
+    if settings.pull is not None:
+        singles["pull"] = settings.pull.render()
     for name, text in singles.items():
         (stage / name).write_text(text)
     if settings.files is not None:

@@ -12,11 +12,13 @@ from fleet.provision.values import (
     CONFIG_DIR,
     ConfigFile,
     Network,
+    PullSettings,
     check_files,
     check_hostname,
     check_serial,
     parse_config_file,
     parse_network,
+    parse_pull,
     read_key_file,
 )
 from fleet.provision.wifi import Wifi
@@ -36,6 +38,7 @@ class Settings:
     # run only the agent's verbs, and a production image ignores these.
     shell_keys: tuple[str, ...] = ()
     wifi: Wifi | None = None
+    pull: PullSettings | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -49,6 +52,7 @@ class Settings:
             "wifi": None
             if self.wifi is None
             else {"ssid": self.wifi.ssid.decode("utf-8", "replace"), "country": self.wifi.country},
+            "pull": None if self.pull is None else dict(self.pull.__dict__),
         }
 
 
@@ -66,6 +70,10 @@ class Options:
     wifi_ssid: str | None = None
     wifi_psk_file: Path | None = None
     wifi_country: str | None = None
+    pull_url: str | None = None
+    pull_group: str | None = None
+    pull_interval: int | None = None
+    pull_jitter: int | None = None
 
 
 def from_options(opts: Options) -> Settings:
@@ -91,6 +99,8 @@ def from_options(opts: Options) -> Settings:
         wifi=parse_wifi(opts.wifi_ssid, opts.wifi_psk_file, opts.wifi_country)
         if opts.wifi_ssid is not None
         else base.wifi,
+        pull=parse_pull(opts.pull_url, opts.pull_group, opts.pull_interval, opts.pull_jitter)
+        or base.pull,
     )
     if opts.wifi_ssid is None and (opts.wifi_psk_file or opts.wifi_country):
         raise UsageError("--wifi-psk-file and --wifi-country need --wifi-ssid")
@@ -123,6 +133,7 @@ class SettingsFile:
                 files=entry.files if entry.files is not None else defaults.files,
                 recreate_data=entry.recreate_data or defaults.recreate_data,
                 wifi=entry.wifi or defaults.wifi,
+                pull=entry.pull or defaults.pull,
             )
             assert merged.hostname is not None
             for key, seen, what in (
@@ -221,8 +232,17 @@ def _entry(table: Table, base: Path, need_hostname: bool) -> Settings:
             raise table.error("wifi_ssid", str(exc)) from exc
     elif psk_file is not None or country is not None:
         raise table.error("wifi_ssid", "missing (wifi_psk_file and wifi_country need it)")
+    try:
+        pull = parse_pull(
+            table.opt_str("pull_url"),
+            table.opt_str("pull_group"),
+            table.opt_int("pull_interval"),
+            table.opt_int("pull_jitter"),
+        )
+    except UsageError as exc:
+        raise table.error("pull_url", str(exc)) from exc
     table.reject_unknown()
-    return Settings(hostname, tuple(keys), network, files, recreate, serial, wifi=wifi)
+    return Settings(hostname, tuple(keys), network, files, recreate, serial, wifi=wifi, pull=pull)
 
 
 def _resolve(base: Path, name: str) -> Path:
@@ -244,6 +264,21 @@ def describe(settings: Settings) -> str:
         parts.append("recreate damaged data")
     if settings.wifi is not None:
         parts.append(settings.wifi.describe())
+    if settings.pull is not None:
+        pull = settings.pull
+        parts.append(
+            "pull "
+            + " ".join(
+                f"{k}={v}"
+                for k, v in (
+                    ("url", pull.url),
+                    ("group", pull.group),
+                    ("interval", pull.interval_s),
+                    ("jitter", pull.jitter_s),
+                )
+                if v is not None
+            )
+        )
     return ", ".join(parts) or "nothing"
 
 

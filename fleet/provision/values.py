@@ -252,3 +252,45 @@ def check_files(files: Sequence[ConfigFile]) -> tuple[ConfigFile, ...]:
             f"config files add up to {total} bytes; at most {MAX_FILES_BYTES // 1024} KiB fit"
         )
     return tuple(files)
+
+
+@dataclass(frozen=True)
+class PullSettings:
+    """fleet/pull on partition 1: where the board polls for updates (docs/pull.md). Each
+    field left None keeps the image's [pull] default."""
+
+    url: str | None = None
+    group: str | None = None
+    interval_s: int | None = None
+    jitter_s: int | None = None
+
+    def render(self) -> str:
+        lines = [
+            f"{key}={value}"
+            for key, value in (
+                ("url", self.url),
+                ("group", self.group),
+                ("interval", self.interval_s),
+                ("jitter", self.jitter_s),
+            )
+            if value is not None
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def parse_pull(
+    url: str | None, group: str | None, interval: int | None, jitter: int | None
+) -> PullSettings | None:
+    from fleet.project import PULL_GROUP, PULL_URL
+
+    if url is None and group is None and interval is None and jitter is None:
+        return None
+    if url is not None and not PULL_URL.match(url):
+        raise UsageError(f"--pull-url {url!r}: an http:// or https:// URL, no spaces or quotes")
+    if group is not None and not PULL_GROUP.match(group):
+        raise UsageError(f"--pull-group {group!r}: lower-case letters, digits, '.', '_', '-'")
+    if interval is not None and interval < 1:
+        raise UsageError("--pull-interval: at least 1 second")
+    if jitter is not None and jitter < 0:
+        raise UsageError("--pull-jitter: 0 or more seconds")
+    return PullSettings(url.rstrip("/") if url else None, group, interval, jitter)

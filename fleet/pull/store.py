@@ -97,6 +97,7 @@ class S3Store:
     bucket: str
     prefix: str
     client: Any
+    acl: str | None = None  # e.g. public-read, for a bucket that boards read directly
 
     @property
     def url(self) -> str:
@@ -117,13 +118,15 @@ class S3Store:
         return int(head["ContentLength"])
 
     def put_bytes(self, name: str, data: bytes, cache: str) -> None:
+        extra = {"ACL": self.acl} if self.acl else {}
         self.client.put_object(
-            Bucket=self.bucket, Key=self._key(name), Body=data, CacheControl=cache
+            Bucket=self.bucket, Key=self._key(name), Body=data, CacheControl=cache, **extra
         )
 
     def put_file(self, name: str, path: Path, cache: str) -> None:
+        extra = {"ACL": self.acl} if self.acl else {}
         self.client.upload_file(
-            str(path), self.bucket, self._key(name), ExtraArgs={"CacheControl": cache}
+            str(path), self.bucket, self._key(name), ExtraArgs={"CacheControl": cache, **extra}
         )
 
     def get(self, name: str, limit: int) -> bytes | None:
@@ -160,8 +163,9 @@ class S3Store:
         return grant
 
 
-def open_store(url: str, endpoint_url: str | None = None) -> Store:
-    """A folder path or s3://BUCKET[/PREFIX]."""
+def open_store(url: str, endpoint_url: str | None = None, acl: str | None = None) -> Store:
+    """A folder path or s3://BUCKET[/PREFIX]; ``acl`` is a canned S3 ACL for every object
+    put (a bucket read through a CDN with its own access needs none)."""
     if url.startswith("s3://"):
         bucket, _, prefix = url[5:].partition("/")
         if not bucket:
@@ -171,9 +175,9 @@ def open_store(url: str, endpoint_url: str | None = None) -> Store:
         except ImportError as exc:  # pragma: no cover - boto3 is a dependency
             raise UsageError("s3:// stores need boto3 (pip install boto3)") from exc
         client = boto3.client("s3", endpoint_url=endpoint_url)
-        return S3Store(bucket, prefix.strip("/"), client)
+        return S3Store(bucket, prefix.strip("/"), client, acl)
     if "://" in url:
         raise UsageError(f"--to {url!r}: a folder or s3://BUCKET/PREFIX")
-    if endpoint_url:
-        raise UsageError("--endpoint-url is for s3:// stores")
+    if endpoint_url or acl:
+        raise UsageError("--endpoint-url and --acl are for s3:// stores")
     return DirStore(Path(url))
