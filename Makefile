@@ -35,7 +35,7 @@ unit: venv
 	$(VENV)/bin/pytest -m unit -q
 
 test: deps venv lint typecheck
-	$(VENV)/bin/pytest -q -ra
+	$(VENV)/bin/pytest -q -ra --durations=40
 
 bench: deps venv
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
