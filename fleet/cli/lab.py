@@ -151,6 +151,14 @@ def up(
     pull_group: provision_opts.PullGroupOpt = None,
     pull_interval: provision_opts.PullIntervalOpt = None,
     pull_jitter: provision_opts.PullJitterOpt = None,
+    pull_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--pull-key",
+            help="With --sim and --pull-url: a timestamp public key the boards pin (a real "
+            "image pins its fleet.toml [pull] timestamp_keys).",
+        ),
+    ] = None,
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Flash DISK onto a new virtual board and boot it; return when it is up.
@@ -170,7 +178,11 @@ def up(
         if trust is None:
             raise UsageError("--sim needs --trust KEYS: the release keys the boards pin")
         from fleet.lab import sim as simlab
+        from fleet.provision.values import parse_pull
 
+        pull = parse_pull(pull_url, pull_group, pull_interval, pull_jitter)
+        if pull is not None and not pull_key:
+            raise UsageError("--sim with --pull-url needs --pull-key (the timestamp public key)")
         made = simlab.up(
             count,
             trust,
@@ -180,6 +192,8 @@ def up(
             boot_delay=boot_delay,
             health_timeout=health_timeout,
             timeout=timeout,
+            pull=pull,
+            pull_keys=tuple(pull_key or ()),
         )
         if json_out:
             print_json([_info(b) for b in made])

@@ -183,18 +183,14 @@ def publish(
     pub.write_grants(store, group, boards, 2 * ts_life)
     waves: list[rep.WaveResult] = []
     halted = False
-    failed = finished = 0
     for index, step in enumerate(steps):
         if index > 0:
             pub.set_percent(store, group, manifest.board, step, targets_keys, ts_key, life, ts_life)
             say(f"group {group}: release {manifest.release} now at {step}%")
         if not watch:
             break
-        wave = rep.watch_wave(
-            store, boards, manifest.release, step, budget, failed, finished, wave_s, say=say
-        )
+        wave = rep.watch_wave(store, boards, manifest.release, step, budget, wave_s, say=say)
         waves.append(wave)
-        failed, finished = len(wave.failed), len(wave.failed) + len(wave.updated)
         say(
             f"{step}%: {len(wave.updated)} updated, {len(wave.failed)} failed, "
             f"{len(wave.silent)} silent, of {len(wave.wave)}"

@@ -33,6 +33,7 @@ from fleet.lab import simboot, simtree
 from fleet.lab.keys import ensure_client_key
 from fleet.lab.ports import free_loopback_port
 from fleet.lab.state import Board, check_name, lab_root, load, save
+from fleet.provision.values import PullSettings
 from fleet.release import load_manifest, manifest_sha256
 from fleet.run import run
 
@@ -59,7 +60,9 @@ def _pubkeys(trust: Path) -> list[Path]:
     return keys
 
 
-def _attach(board: Board, release: Path | None = None) -> None:
+def _attach(
+    board: Board, release: Path | None = None, files: dict[str, bytes] | None = None
+) -> None:
     """The board's partitions: a loop device over each slot's file, as the tree's
     /dev/vdaN, and partition 1's tmpfs (with what it held at the last down, or RELEASE's
     boot state on a new board)."""
@@ -80,6 +83,9 @@ def _attach(board: Board, release: Path | None = None) -> None:
             shutil.rmtree(saved)
         if release is not None:
             _flash_release(state_dir, release)
+        for rel, data in (files or {}).items():  # provisioning's files (fleet/pull)
+            (firmware / rel).parent.mkdir(parents=True, exist_ok=True)
+            (firmware / rel).write_bytes(data)
         run(["mount", "-o", "remount,ro", str(firmware)])
     except BaseException:
         _release_resources(board)
@@ -95,6 +101,8 @@ def _make_board(
     authorized: str,
     settings: simboot.Settings,
     avoid: set[int],
+    pull: PullSettings | None = None,
+    pull_keys: tuple[Path, ...] = (),
 ) -> Board:
     state_dir = root / name
     if state_dir.exists():
@@ -112,6 +120,9 @@ def _make_board(
         pubkeys=pubkeys,
         authorized=authorized,
     )
+    for key in pull_keys:  # what an image's [pull] timestamp_keys pins
+        (tree / "etc/fleet/pull-keys").mkdir(exist_ok=True)
+        shutil.copyfile(key, tree / "etc/fleet/pull-keys" / key.name)
     (state_dir / "parts").mkdir()
     for number in PARTS:
         with (state_dir / "parts" / f"p{number}.img").open("wb") as handle:
@@ -134,7 +145,7 @@ def _make_board(
         kind="sim",
     )
     save(board)  # from here on, a failed up finds what to free through it
-    _attach(board, release)
+    _attach(board, release, {"fleet/pull": pull.render().encode()} if pull else None)
     # The board's identity is made here rather than at its first boot, so it is pinned
     # before anyone connects: no trust on first use, as the lab does for QEMU boards.
     key = tree / "data/ssh/dropbear_ed25519_host_key"
@@ -223,10 +234,13 @@ def up(
     boot_delay: float = 0.3,
     health_timeout: int = 10,
     timeout: float = UP_TIMEOUT,
+    pull: PullSettings | None = None,
+    pull_keys: tuple[Path, ...] = (),
 ) -> list[Board]:
     """Make and boot COUNT simulated boards PREFIX-1..COUNT that trust the release keys
     TRUST (a .pub or a folder of them), slot A holding RELEASE (default: a factory
-    release 1, version 0.0.0-sim, with no payloads); return once all answer SSH."""
+    release 1, version 0.0.0-sim, with no payloads); return once all answer SSH. With
+    PULL they poll a store (docs/pull.md), pinning the timestamp keys PULL_KEYS."""
     if os.geteuid() != 0:
         raise UsageError("simulated boards need root (loop devices, chroot, namespaces)")
     if count < 1:
@@ -258,7 +272,17 @@ def up(
         with cf.ThreadPoolExecutor(2) as pool:
             futures = [
                 pool.submit(
-                    _make_board, root, n, profile, pubkeys, release, authorized, settings, avoid
+                    _make_board,
+                    root,
+                    n,
+                    profile,
+                    pubkeys,
+                    release,
+                    authorized,
+                    settings,
+                    avoid,
+                    pull,
+                    pull_keys,
                 )
                 for n in names
             ]

@@ -137,16 +137,15 @@ def watch_wave(
     release: int,
     percent: int,
     budget: Budget,
-    failed_before: int,
-    finished_before: int,
     wave_time_s: float,
     poll_s: float = 2.0,
     say: Callable[[str], None] = lambda _: None,
     clock: Callable[[], float] = time.monotonic,
 ) -> WaveResult:
     """Wait until every board of this wave has reported on ``release`` (or the wave time
-    is up), halting at once when the failure budget is spent. The counts before carry
-    the earlier waves' failures: the budget is for the whole staged publish."""
+    is up), halting at once when the failure budget is spent. A wave holds the boards of
+    every earlier one (phasing only adds boards as the percentage rises), so its counts
+    are the whole staged publish's, as the budget is."""
     wave = tuple(b for b in boards if in_wave(b, release, percent))
     deadline = clock() + wave_time_s
     while True:
@@ -161,9 +160,7 @@ def watch_wave(
             elif report.result in FAILED:
                 failed.append(board)
         silent = tuple(b for b in wave if b not in updated and b not in failed)
-        spent = budget.spent(
-            failed_before + len(failed), finished_before + len(failed) + len(updated)
-        )
+        spent = budget.spent(len(failed), len(failed) + len(updated))
         if spent or not silent or clock() >= deadline:
             return WaveResult(percent, wave, tuple(updated), tuple(failed), silent, spent)
         say(f"{percent}%: {len(updated)} updated, {len(failed)} failed, {len(silent)} to report")

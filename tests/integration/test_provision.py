@@ -70,6 +70,16 @@ def test_writes_every_setting_into_partition_1(disk: Path, tmp_path: Path) -> No
     assert provision.read(disk, "fleet/bootstate.txt") == b"fleet_default=A\n"
 
 
+def test_pull_settings_go_to_partition_1(disk: Path) -> None:
+    result = fleet("provision", disk, "--pull-url", "https://cdn.example.com/fleet/",
+                   "--pull-group", "lobby", "--pull-interval", "600", "--json")
+    assert result.returncode == 0, result.stderr
+    assert provision.read(disk, "fleet/pull") == (
+        b"url=https://cdn.example.com/fleet\ngroup=lobby\ninterval=600\n"
+    )
+    assert '"group": "lobby"' in result.stdout
+
+
 def test_reprovisioning_changes_only_what_is_given(disk: Path, tmp_path: Path) -> None:
     (tmp_path / "a.conf").write_text("a\n")
     (tmp_path / "b.conf").write_text("b\n")
@@ -95,6 +105,10 @@ def test_reprovisioning_changes_only_what_is_given(disk: Path, tmp_path: Path) -
         (["--network", "static:192.0.2.10/24,10.0.0.1"], "must be another address"),
         (["--config-file", "{conf}:../../etc/shadow"], "may not contain '..'"),
         (["--config-file", "{conf}:/etc/shadow"], "must be a relative path"),
+        (["--pull-url", "ftp://192.0.2.1/x"], "an http:// or https:// URL"),
+        (["--pull-url", "http://192.0.2.1/$(reboot)"], "an http:// or https:// URL"),
+        (["--pull-group", "Lobby"], "--pull-group 'Lobby'"),
+        (["--pull-interval", "0"], "--pull-interval: at least 1 second"),
     ],
 )
 def test_bad_input_is_refused_and_nothing_is_written(
