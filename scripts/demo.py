@@ -1,6 +1,8 @@
 """`make demo`: the main job end to end on the virtual lab, with the fleet command as a
 user types it: build the example app for ARM, sign it, flash and boot a virtual board,
-update it A/B to a new release, push a broken release and watch the automatic rollback.
+update it A/B to a new release, push a broken release and watch the automatic rollback,
+roll the release out to simulated boards in waves, and publish it for simulated boards
+that pull it themselves from a folder behind nginx.
 Each step prints its command; a short summary closes the run.
 
 Work goes to out/demo/ (keys, app copy, builds); the demo board stays up afterwards so
@@ -183,16 +185,17 @@ def main() -> None:
     version = http_get(board["app_port"], "/version")
     summary.append(("app answers after the rollback", "ok", f"/version {version}"))
     rollout(release2)
+    pull(release2)
     finish(0)
 
 
 SIMS = 8
 
 
-def _sims_down() -> None:
+def _sims_down(prefix: str = "demo-sim") -> None:
     for n in range(1, SIMS + 1):
         subprocess.run(
-            [*FLEET, "lab", "down", f"demo-sim-{n}", "--rm"], capture_output=True, check=False
+            [*FLEET, "lab", "down", f"{prefix}-{n}", "--rm"], capture_output=True, check=False
         )
 
 
@@ -213,6 +216,39 @@ def rollout(release: Path) -> None:
     counts = ", ".join(f"{k} {v}" for k, v in sorted(report["counts"].items()))
     summary.append((title, report["state"], f"{counts}; {seconds}"))
     _sims_down()
+
+
+def pull(release: Path) -> None:
+    """Boards that pull: 2.0.0 published to a folder behind nginx (on loopback), 50% of
+    the group then all of it, watched through the boards' own reports."""
+    from fleet.pull import nginx
+
+    _sims_down("demo-pull")
+    keys = WORK / "keys"
+    if not (keys / "timestamp.sec").exists():
+        step("make the online timestamp key", "keys", "generate", "--out", keys,
+             "--name", "timestamp")
+    store = WORK / "store"
+    shutil.rmtree(store, ignore_errors=True)
+    store.mkdir()
+    with nginx.serving(store, WORK / "nginx") as web:
+        step(f"start {SIMS} simulated boards that poll the store", "lab", "up", "--sim",
+             "--count", str(SIMS), "--name", "demo-pull", "--trust", keys / "release.pub",
+             "--pull-url", web.url(), "--pull-group", "demo", "--pull-interval", "2",
+             "--pull-jitter", "1", "--pull-key", keys / "timestamp.pub")
+        inventory = WORK / "pull.toml"
+        step("write their inventory", "lab", "inventory", "--out", inventory,
+             "--prefix", "demo-pull", "--group", "demo")
+        proc = step("publish 2.0.0 for them: 50%, then 100%, watched", "publish", release,
+                    "--to", store, "--group", "demo", "--percent", "50,100", "--watch",
+                    "-I", inventory, "--wave-time", "3m", "--key", keys / "release.sec",
+                    "--timestamp-key", keys / "timestamp.sec", "--json", json_out=True)
+        result = json.loads(proc.stdout)
+        title, _, seconds = summary.pop()
+        waves = ", ".join(f"{w['percent']}%: {len(w['updated'])} updated" for w in result["waves"])
+        summary.append((title, result["state"], f"{waves}; {seconds}"))
+        step("what the boards reported", "status", "--published", store)
+    _sims_down("demo-pull")
 
 
 if __name__ == "__main__":
