@@ -53,6 +53,10 @@ class Pull:
     interval_s: int
     jitter_s: int
     timestamp_keys: tuple[Path, ...]
+    # TLS for an https:// store: the image carries openssl (busybox's wget hands https to
+    # `openssl s_client`, which checks the certificate) and Debian's CA certificates.
+    https: bool = False
+    ca_file: Path | None = None  # a private store's CA, added to the image's CA bundle
 
 
 @dataclass(frozen=True)
@@ -144,13 +148,21 @@ def _pull(top: Table, root: Path) -> Pull | None:
     keys = tuple(root / k for k in table.str_list("timestamp_keys"))
     if not keys:
         raise table.error("timestamp_keys", "name at least one timestamp public key")
+    https = table.bool("https", default=bool(url and url.startswith("https://")))
+    if url and url.startswith("https://") and not https:
+        raise table.error("https", "an https:// url needs https = true (openssl in the image)")
+    ca_file = table.opt_str("ca_file")
     pull = Pull(
         url=url.rstrip("/") if url else None,
         group=group,
         interval_s=table.int("interval", default=300, minimum=1),
         jitter_s=table.int("jitter", default=60, minimum=0),
         timestamp_keys=keys,
+        https=https,
+        ca_file=root / ca_file if ca_file else None,
     )
+    if pull.ca_file is not None and not https:
+        raise table.error("ca_file", "is for https = true")
     table.reject_unknown()
     return pull
 

@@ -109,12 +109,12 @@ def timestamp_key(release_pub: Path) -> tuple[Path, Path]:
     return release_pub.with_name("timestamp.sec"), release_pub.with_name("timestamp.pub")
 
 
-def with_pull(app: Path, release_pub: Path) -> Path:
+def with_pull(app: Path, release_pub: Path, extra: str = "") -> Path:
     """The app's fleet.toml with a [pull] section pinning the tests' timestamp key (no
-    URL: a board pulls only once provisioning gives it one)."""
+    URL: a board pulls only once provisioning gives it one), and ``extra`` lines."""
     toml = app / "fleet.toml"
     pub = timestamp_key(release_pub)[1]
-    toml.write_text(toml.read_text() + f'\n[pull]\ntimestamp_keys = ["{pub}"]\n')
+    toml.write_text(toml.read_text() + f'\n[pull]\ntimestamp_keys = ["{pub}"]\n{extra}')
     return app
 
 

@@ -62,6 +62,8 @@ def _packages_for(profile: BoardProfile, project: Project) -> list[str]:
     if profile.firmware is not None:
         names.append(profile.firmware.package)
     names += wireless.packages(profile, project)
+    if project.pull is not None and project.pull.https:
+        names += rootfs.TLS_PACKAGES
     return sorted(set(names))
 
 

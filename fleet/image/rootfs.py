@@ -11,6 +11,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography import x509
+
 from fleet import data_dir
 from fleet.boards import BoardProfile
 from fleet.errors import BuildError
@@ -30,6 +32,13 @@ BASE_PROGRAMS = {
     "signify-openbsd": ["bin/signify-openbsd"],
 }
 BASE_PACKAGES = tuple(BASE_PROGRAMS)
+# Pull mode over https (docs/pull.md): Debian's busybox wget runs `openssl s_client
+# -verify_return_error -verify_hostname HOST` when an openssl program is there, and falls
+# back to its own TLS, which checks no certificate (and which OpenSSL 3 servers refuse:
+# its hello offers no signature algorithms), only when there is none.
+TLS_PACKAGES = ["openssl", "ca-certificates"]
+# openssl's default CA file (OPENSSLDIR/cert.pem): one bundle, no hashed folder to keep.
+CA_BUNDLE = "usr/lib/ssl/cert.pem"
 PROGRAM_FOLDERS = ("bin/", "sbin/", "usr/bin/", "usr/sbin/")
 # The app and its health check run as this user (fleet-tool as-user), never as root.
 APP_UID = 1000
@@ -260,6 +269,7 @@ def assemble(
     for package in project.packages:
         programs += _add_whole_package(staged, package, _package_root(packages, package))
     programs += wireless.stage(staged, profile, project, packages)
+    programs += _add_tls(staged, project, packages)
 
     app_rel = f"app/bin/{project.build.output}"
     staged.add_file(app_rel, app_binary, "app", 0o755)
@@ -284,6 +294,35 @@ def assemble(
     staged.add_file("etc/fleet/verify-release", DEVICE_DIR / "verify-release.sh", "fleet", 0o755)
     _add_pull(staged, project)
     return staged
+
+
+def _add_tls(staged: Staged, project: Project, packages: dict[str, Path]) -> list[str]:
+    """openssl, its configuration and one CA bundle (Debian's Mozilla set, which its
+    update-ca-certificates would make at install time, plus [pull] ca_file)."""
+    pull = project.pull
+    if pull is None or not pull.https:
+        return []
+    openssl = _package_root(packages, "openssl")
+    staged.add_file("usr/bin/openssl", openssl / "usr/bin/openssl", "openssl", 0o755)
+    staged.add_file("usr/lib/ssl/openssl.cnf", openssl / "etc/ssl/openssl.cnf", "openssl", 0o644)
+    certs = sorted(
+        (_package_root(packages, "ca-certificates") / "usr/share/ca-certificates").rglob("*.crt")
+    )
+    if not certs:
+        raise BuildError("ca-certificates holds no certificates")
+    bundle = b"".join(c.read_bytes().rstrip(b"\n") + b"\n" for c in certs)
+    if pull.ca_file is not None:
+        try:
+            extra = pull.ca_file.read_bytes()
+        except OSError as exc:
+            raise BuildError(f"[pull] ca_file: {pull.ca_file}: {exc.strerror}") from exc
+        try:
+            x509.load_pem_x509_certificates(extra)
+        except ValueError as exc:
+            raise BuildError(f"[pull] ca_file: {pull.ca_file}: not PEM certificates") from exc
+        bundle += extra.rstrip(b"\n") + b"\n"
+    staged.add_bytes(CA_BUNDLE, bundle, "ca-certificates")
+    return ["usr/bin/openssl"]
 
 
 def _add_pull(staged: Staged, project: Project) -> None:

@@ -33,7 +33,8 @@ http {{
     uwsgi_temp_path {work}/uwsgi;
     scgi_temp_path {work}/scgi;
     server {{
-        listen {host}:{port};
+        listen {host}:{port}{ssl};
+        {certificates}
         root {store};
         location / {{
             limit_except GET {{ deny all; }}
@@ -61,13 +62,17 @@ http {{
 class Nginx:
     port: int
     access_log: Path
+    scheme: str = "http"
 
     def url(self, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
 
 
 @contextlib.contextmanager
-def serving(store: Path, work: Path, host: str = "127.0.0.1") -> Iterator[Nginx]:
+def serving(
+    store: Path, work: Path, host: str = "127.0.0.1", tls: tuple[Path, Path] | None = None
+) -> Iterator[Nginx]:
+    """nginx on HOST serving STORE; with TLS = (certificate chain, key), https only."""
     program = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(program).exists():
         raise ProgramError("nginx is not installed (make deps)")
@@ -76,7 +81,20 @@ def serving(store: Path, work: Path, host: str = "127.0.0.1") -> Iterator[Nginx]
     port = free_loopback_port()
     put_port = free_loopback_port({port})
     conf = work / "nginx.conf"
-    conf.write_text(CONFIG.format(work=work, store=store, host=host, port=port, put_port=put_port))
+    certificates = (
+        f"ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]};" if tls is not None else ""
+    )
+    conf.write_text(
+        CONFIG.format(
+            work=work,
+            store=store,
+            host=host,
+            port=port,
+            put_port=put_port,
+            ssl=" ssl" if tls else "",
+            certificates=certificates,
+        )
+    )
     proc = subprocess.Popen(
         [program, "-c", str(conf), "-p", str(work)],
         stdout=subprocess.DEVNULL,
@@ -89,7 +107,7 @@ def serving(store: Path, work: Path, host: str = "127.0.0.1") -> Iterator[Nginx]
                 why = proc.stderr.read().decode()[-500:] if proc.stderr else ""
                 raise ProgramError(f"nginx did not start: {why}")
             time.sleep(0.02)
-        yield Nginx(port, work / "access.log")
+        yield Nginx(port, work / "access.log", "https" if tls else "http")
     finally:
         proc.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):

@@ -21,7 +21,14 @@ from fleet.pull import publish as pub
 from fleet.pull.phasing import bucket
 from fleet.pull.store import DirStore
 from tests.agent_tree import AgentTree, available, make_release
-from tests.pull_board import DAY, Keys, make_keys, publish, pulling_board
+from tests.pull_board import (
+    DAY,
+    Keys,
+    ca_and_server_cert,
+    make_keys,
+    publish,
+    pulling_board,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -284,3 +291,51 @@ def test_a_store_that_sends_more_than_it_says_writes_no_whole_payload(
     finally:
         tree.close()
         server.shutdown()
+
+
+def _with_openssl(tree: AgentTree, ca: Path) -> None:
+    """What an image with [pull] https = true carries (fleet/image/rootfs.py _add_tls):
+    openssl with its libraries, and the CA bundle at openssl's default CA file."""
+    from fleet.image.rootfs import CA_BUNDLE
+    from fleet.lab import simtree
+
+    openssl = Path(shutil.which("openssl") or "/usr/bin/openssl").resolve()
+    simtree._copy_in(tree.root, openssl, "usr/bin/openssl")
+    for lib in simtree._libraries(openssl):
+        simtree._copy_in(tree.root, lib)
+    (tree.root / CA_BUNDLE).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ca, tree.root / CA_BUNDLE)
+    (tree.root / "etc/hosts").write_text("127.0.0.1 localhost\n")
+
+
+@pytest.mark.skipif(not Path("/usr/bin/openssl").exists(), reason="needs openssl")
+def test_an_https_store_is_pulled_with_its_certificate_checked(
+    tmp_path: Path, keys: Keys, releases: dict[int, Path]
+) -> None:
+    """Debian's busybox wget hands https to `openssl s_client -verify_return_error
+    -verify_hostname`: a certificate the board's CA bundle does not vouch for is refused
+    before a byte of the store is read."""
+    ca, cert, key = ca_and_server_cert(tmp_path / "tls", "localhost")
+    other_ca, _, _ = ca_and_server_cert(tmp_path / "other", "localhost")
+    folder = tmp_path / "store"
+    folder.mkdir()
+    publish(folder, releases[2], keys)
+    with nginx.serving(folder, tmp_path / "nginx", tls=(cert, key)) as web:
+        url = web.url("localhost")
+        assert url.startswith("https://")
+        strange = pulling_board(tmp_path / "strange" / "root", keys, url)
+        try:
+            _with_openssl(strange, other_ca)
+            code, text = pull(strange)
+            assert code == 1 and "error:" in text, text
+            assert json.loads(strange.agent("status").stdout)["slots"]["B"] is None
+        finally:
+            strange.close()
+        board = pulling_board(tmp_path / "board" / "root", keys, url)
+        try:
+            _with_openssl(board, ca)
+            code, text = pull(board)
+            assert code == 0 and "trying release 2" in text, text
+            assert json.loads(board.agent("status").stdout)["slots"]["B"]["release"] == 2
+        finally:
+            board.close()

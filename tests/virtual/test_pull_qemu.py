@@ -7,6 +7,8 @@ the board on its own and reported, and ``fleet publish --watch`` halts the wave 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ import pytest
 from fleet.pull import nginx
 from fleet.pull.phasing import in_wave
 from tests.conftest import NEEDS_QEMU, Built, copy_example, fleet, timestamp_key, with_pull
+from tests.pull_board import ca_and_server_cert
 
 pytestmark = [pytest.mark.virtual, NEEDS_QEMU]
 
@@ -53,12 +56,15 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def broken_v3(tmp_path_factory: pytest.TempPathFactory, hello_virt: Built) -> Path:
-    """Release 3: its app exits at once, so a trial fails its health check quickly."""
+    """Release 3: its app exits at once, so a trial fails its health check quickly. It
+    is also built for an https store (openssl and a CA bundle with a private CA)."""
     base = tmp_path_factory.mktemp("pull-v3")
     app = with_pull(copy_example(
         "hello-c", base / "app", version="3.0.0-broken", release=3, lock_from=hello_virt.app,
         edits={'command = "/app/bin/hello-c"': 'command = "/bin/false"'},
-    ), hello_virt.pub)
+    ), hello_virt.pub, 'https = true\nca_file = "store-ca.pem"\n')
+    ca, _, _ = ca_and_server_cert(base / "tls", "store.example.com")
+    shutil.copyfile(ca, app / "store-ca.pem")
     fleet("build", "--board", "qemu-virt-arm64", "--project", app, "--out", base / "out",
           "--key", hello_virt.key, "--dev")
     return base / "out" / "release"
@@ -84,6 +90,20 @@ def lab(tmp_path_factory: pytest.TempPathFactory, hello_virt: Built) -> Iterator
         finally:
             for name in BOARDS:
                 fleet("lab", "down", name, check=False)
+
+
+def test_an_image_for_an_https_store_carries_openssl_and_the_ca_bundle(broken_v3: Path) -> None:
+    listing = subprocess.run(["unsquashfs", "-l", "-d", "", broken_v3 / "rootfs.squashfs"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    for needed in ("/usr/bin/openssl", "/usr/lib/ssl/cert.pem", "/usr/lib/ssl/openssl.cnf"):
+        assert needed in listing, needed
+    assert any(p.startswith("/lib/aarch64-linux-gnu/libssl.so.3") or
+               p.startswith("/usr/lib/aarch64-linux-gnu/libssl.so.3") for p in listing), \
+        [p for p in listing if "ssl" in p]
+    bundle = subprocess.run(["unsquashfs", "-cat", broken_v3 / "rootfs.squashfs",
+                             "/usr/lib/ssl/cert.pem"], capture_output=True, check=True).stdout
+    ca = (broken_v3.parent.parent / "tls" / "ca.pem").read_bytes()
+    assert bundle.count(b"BEGIN CERTIFICATE") > 100 and bundle.endswith(ca)
 
 
 def report(lab: Lab, board: str) -> dict[str, object] | None:
