@@ -22,10 +22,12 @@ from pathlib import Path
 from fleet.errors import ReleaseError
 from fleet.pull import documents as d
 from fleet.pull.store import IMMUTABLE, SHORT, S3Store, Store
-from fleet.release import MANIFEST, manifest_from_bytes, read_manifest_bytes
+from fleet.release import manifest_from_bytes, read_manifest_bytes
 from fleet.trust import check_payloads, read_signatures
 from signing.canonical import canonical_bytes
+from signing.errors import SigningError
 from signing.keys import PublicKey, SecretKey
+from signing.signature import parse_signature, signature_valid
 
 REPORT_MAX = 16 << 10
 Say = Callable[[str], None]
@@ -99,9 +101,6 @@ def read_current(
 
 
 def _valid(key: PublicKey, sig: bytes, body: bytes) -> bool:
-    from signing.errors import SigningError
-    from signing.signature import parse_signature, signature_valid
-
     try:
         return signature_valid(key, parse_signature(sig), body)
     except SigningError:
@@ -323,6 +322,3 @@ def write_grants(store: Store, group: str, boards: Sequence[str], expires_s: int
         )
         store.put_bytes(grant_name(group, board), body, SHORT)
     return len(boards)
-
-
-__all__ = ["MANIFEST", "Current", "Published", "publish", "read_current", "refresh"]
