@@ -129,9 +129,10 @@ def releases(tmp_path_factory: pytest.TempPathFactory, hello_virt: Built) -> Rel
         hello_virt.app, base, key, 9, "9.0.0-hung-check", timeout=25,
         health='command = "sleep 100000"',
     )
-    # never healthy, with time to stop its health watcher before the deadline
+    # never healthy, with time to stop its health watcher before the deadline (the test
+    # stops it within seconds of the board's "system up")
     v11 = _build(
-        hello_virt.app, base, key, 11, "11.0.0-stuck", command="/bin/sleep 100000", timeout=40
+        hello_virt.app, base, key, 11, "11.0.0-stuck", command="/bin/sleep 100000", timeout=25
     )
     # going back to 2.0.0: the same sources, built as a new, higher release
     back = _build(hello_virt.app, base, key, 10, "2.0.0", release_number=10)
