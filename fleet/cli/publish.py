@@ -119,13 +119,12 @@ def publish(
     names, then the group's signed targets document, then a short-lived signed timestamp
     (docs/pull.md). A publish cut short is finished by running it again.
 
-    \b
-    fleet publish out/release --to /srv/fleet --group lobby \\
-        --key keys/release.sec --timestamp-key keys/timestamp.sec
-    fleet publish out/release --to s3://bucket/fleet --group prod \\
-        --percent 10,50,100 --watch -I fleet.toml --max-failures 2% --key ... --timestamp-key ...
-    fleet publish --refresh --to s3://bucket/fleet --group prod \\
-        --timestamp-key keys/timestamp.sec --trust keys/release.pub
+    Examples: fleet publish out/release --to /srv/fleet --group lobby --key
+    keys/release.sec --timestamp-key keys/timestamp.sec; fleet publish out/release --to
+    s3://bucket/fleet --group prod --percent 10,50,100 --watch -I fleet.toml
+    --max-failures 2% --key ... --timestamp-key ...; fleet publish --refresh --to
+    s3://bucket/fleet --group prod --timestamp-key keys/timestamp.sec --trust
+    keys/release.pub
     """
     if not to:
         raise UsageError("give --to FOLDER or --to s3://BUCKET/PREFIX")
