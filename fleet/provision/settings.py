@@ -265,20 +265,7 @@ def describe(settings: Settings) -> str:
     if settings.wifi is not None:
         parts.append(settings.wifi.describe())
     if settings.pull is not None:
-        pull = settings.pull
-        parts.append(
-            "pull "
-            + " ".join(
-                f"{k}={v}"
-                for k, v in (
-                    ("url", pull.url),
-                    ("group", pull.group),
-                    ("interval", pull.interval_s),
-                    ("jitter", pull.jitter_s),
-                )
-                if v is not None
-            )
-        )
+        parts.append("pull " + " ".join(settings.pull.given()))
     return ", ".join(parts) or "nothing"
 
 

@@ -264,18 +264,18 @@ class PullSettings:
     interval_s: int | None = None
     jitter_s: int | None = None
 
+    def given(self) -> list[str]:
+        """``key=value`` for each field set, as partition 1's fleet/pull holds them."""
+        pairs = (
+            ("url", self.url),
+            ("group", self.group),
+            ("interval", self.interval_s),
+            ("jitter", self.jitter_s),
+        )
+        return [f"{key}={value}" for key, value in pairs if value is not None]
+
     def render(self) -> str:
-        lines = [
-            f"{key}={value}"
-            for key, value in (
-                ("url", self.url),
-                ("group", self.group),
-                ("interval", self.interval_s),
-                ("jitter", self.jitter_s),
-            )
-            if value is not None
-        ]
-        return "\n".join(lines) + "\n"
+        return "\n".join(self.given()) + "\n"
 
 
 def parse_pull(
