@@ -9,12 +9,14 @@ from typing import Annotated
 
 import typer
 
+from fleet.cli import flash_many
 from fleet.cli import provision as provision_opts
 from fleet.cli.output import JSON_HELP, bytes_progress, note, out, print_json, warn
 from fleet.errors import FlashError, UsageError
 from fleet.flash.discovery import BlockDevice, device_info, list_block_devices
 from fleet.flash.flasher import find_bmap, image_size
 from fleet.flash.flasher import flash as run_flash
+from fleet.flash.many import Plan
 from fleet.flash.safety import check_target, exclusive, unmount_all
 from fleet.flash.source import open_image
 from fleet.flash.wait import default_predicate, wait_for_device
@@ -81,19 +83,60 @@ def _find_target(
     if rpiboot_mode or usb_path or usb_serial:
         from fleet.flash import rpiboot  # pyusb only for boards in boot-ROM mode (start-up)
 
-        served = rpiboot.boot(
-            rpiboot.BootFiles(rpiboot_files),
-            path=usb_path,
-            serial=usb_serial,
-            timeout=timeout or 30.0,
-            log=note,
+        files = rpiboot.BootFiles(rpiboot_files)
+
+        def boot() -> None:  # once the disk monitor listens: a quick disk is not missed
+            served = rpiboot.boot(
+                files, path=usb_path, serial=usb_serial, timeout=timeout or 30.0, log=note
+            )
+            note(
+                f"board booted the mass-storage gadget ({len(served)} files); waiting for its disk"
+            )
+
+        return wait_for_device(
+            lambda d: d.offered and d.rpi_msd, timeout=timeout or 60.0, on_listening=boot
         )
-        note(f"board booted the mass-storage gadget ({len(served)} files); waiting for its disk")
-        return wait_for_device(lambda d: d.offered and d.rpi_msd, timeout=timeout or 60.0)
     if wait:
         note("waiting for a card or board to appear (Ctrl-C to stop)...")
         return wait_for_device(default_predicate, timeout=timeout)
     return _choose([d for d in list_block_devices() if d.offered])
+
+
+def _flash_many(
+    image: Path,
+    req: flash_many.Request,
+    *,
+    bmap: Path | None,
+    no_bmap: bool,
+    verify: bool,
+    unmount: bool,
+    allow_system_drive: bool,
+    single_board: tuple[str | None, ...],
+    hostname: str | None,
+    settings_file: Path | None,
+    make: flash_many.SettingsMaker,
+    json_out: bool,
+) -> None:
+    if allow_system_drive:
+        raise UsageError("a system drive is flashed on its own: name one --device")
+    if any(single_board):
+        raise UsageError("--usb-path, --usb-serial and --serial pick one board: not with several")
+    flash_many.check_request(req, hostname, settings_file is not None)
+    the_bmap, bmap_path = find_bmap(image, bmap, not no_bmap)
+    with open_image(image) as source:
+        size = image_size(source, the_bmap)
+    plan = Plan(
+        image=image,
+        bmap=the_bmap,
+        bmap_path=bmap_path,
+        size=size,
+        verify=verify,
+        unmount=unmount,
+        settings_for=flash_many.settings_for(make, hostname),
+    )
+    # Serial-keyed settings can only be looked up once each board has said its serial.
+    by_serial = settings_file is not None and not hostname
+    flash_many.flash_many(req, plan, hostname, check_settings=not by_serial, json_out=json_out)
 
 
 def flash(
@@ -102,17 +145,40 @@ def flash(
         typer.Argument(help="Disk image: raw, or .gz/.xz/.zst compressed (streamed)."),
     ],
     device: Annotated[
-        str | None, typer.Option("--device", "-d", help="Target whole disk, e.g. /dev/sdb.")
+        list[str] | None,
+        typer.Option(
+            "--device",
+            "-d",
+            help="Target whole disk, e.g. /dev/sdb; repeat it to flash several at once.",
+        ),
     ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait for a new card or board to appear.")
+    ] = False,
+    count: Annotated[
+        int | None,
+        typer.Option(
+            "--count",
+            help="With --wait or --rpiboot: flash each of the next N new cards or boards as "
+            "it appears, all at once.",
+        ),
+    ] = None,
+    all_removable: Annotated[
+        bool,
+        typer.Option(
+            "--all-removable",
+            help="Flash every removable disk there is now (listed, then asked once).",
+        ),
     ] = False,
     timeout: Annotated[
         float | None,
         typer.Option("--timeout", help="Seconds to wait with --wait or for a USB boot board."),
     ] = None,
     yes: Annotated[
-        bool, typer.Option("--yes", "-y", help="Do not ask before writing (needs --device).")
+        bool,
+        typer.Option(
+            "--yes", "-y", help="Do not ask before writing (needs --device, or --wait --count)."
+        ),
     ] = False,
     no_verify: Annotated[
         bool, typer.Option("--no-verify", help="Skip the read-back check.")
@@ -165,10 +231,20 @@ def flash(
     the board's own settings then go into its first partition (docs/provisioning.md); they are
     checked before anything is written.
 
+    Several targets at once, each with its own progress, read-back and settings, and a
+    summary at the end: repeat --device, or --wait --count N (each new card or board as
+    it appears; with --rpiboot, boards in USB boot mode), or --all-removable. Name them
+    apart with a pattern, --hostname 'kiosk-{n:02}' or 'pi-{serial}', or with a --settings
+    file keyed by the USB-boot board's serial. One failing target never stops the others;
+    the exit code is 0 only when every one succeeded.
+
     Examples: fleet flash out/disk.img --wait; fleet flash disk.img.zst -d /dev/sdb --yes;
-    fleet flash out/disk.img -d /dev/sdb --hostname kiosk-01 --authorized-key ~/.ssh/id_ed25519.pub
+    fleet flash out/disk.img -d /dev/sdb --hostname kiosk-01 --authorized-key ~/.ssh/id_ed25519.pub;
+    fleet flash out/disk.img -d /dev/sdb -d /dev/sdc --yes --hostname 'kiosk-{n:02}';
+    fleet flash out/disk.img --rpiboot --count 4 --settings boards.toml
     """
-    if yes and device is None:
+    devices = device or []
+    if yes and not devices and count is None:
         # Without a named device, --yes would let fleet pick what it destroys.
         raise UsageError(
             "--yes writes without asking, so it needs --device to name the target "
@@ -176,6 +252,34 @@ def flash(
         )
     if not image.is_file():
         raise UsageError(f"image {image} does not exist")
+    if flash_many.is_many(devices, count, all_removable):
+        _flash_many(
+            image,
+            flash_many.Request(
+                devices, wait, count, all_removable, timeout, yes, rpiboot_mode, rpiboot_files
+            ),
+            bmap=bmap,
+            no_bmap=no_bmap,
+            verify=not no_verify,
+            unmount=unmount,
+            allow_system_drive=allow_system_drive,
+            single_board=(usb_path, usb_serial, serial),
+            hostname=hostname,
+            settings_file=settings_file,
+            make=lambda name, board_serial: provision_opts.requested(
+                name,
+                authorized_key,
+                network,
+                config_file,
+                settings_file,
+                board_serial,
+                wifi_ssid=wifi_ssid,
+                wifi_psk_file=wifi_psk_file,
+                wifi_country=wifi_country,
+            ),
+            json_out=json_out,
+        )
+        return
     settings = provision_opts.requested(
         hostname,
         authorized_key,
@@ -191,7 +295,13 @@ def flash(
     with open_image(image) as source:
         size = image_size(source, the_bmap)
         target = _find_target(
-            device, wait, timeout, usb_path, usb_serial, rpiboot_mode, rpiboot_files
+            devices[0] if devices else None,
+            wait,
+            timeout,
+            usb_path,
+            usb_serial,
+            rpiboot_mode,
+            rpiboot_files,
         )
         check_target(target, size, allow_system=allow_system_drive, unmount=unmount)
         _confirm(target, image, yes)

@@ -46,6 +46,7 @@ class BlockDevice:
     swap: tuple[str, ...] = ()
     system_reason: str | None = None  # why this is the host's own drive
     rpi_msd: bool = False  # a Raspberry Pi exposing its storage over USB
+    usb_port: str = ""  # the USB device's path (e.g. 1-1.3), as rpiboot names boards
 
     @property
     def system(self) -> bool:
@@ -83,6 +84,7 @@ class BlockDevice:
             "system_reason": self.system_reason,
             "offered": self.offered,
             "rpi_msd": self.rpi_msd,
+            "usb_port": self.usb_port or None,
         }
 
 
@@ -289,6 +291,7 @@ def probe(
         swap=tuple(swapping),
         system_reason=reason,
         rpi_msd=rpi_msd,
+        usb_port=usb.sys_name if usb is not None else "",
     )
 
 

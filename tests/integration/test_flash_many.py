@@ -1,0 +1,263 @@
+"""fleet flash onto several real loop devices in one run: distinct hostnames, every
+target read back, and one bad target (a card whose writes fail partway, a device held
+by another program) never stopping the others."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from fleet import provision
+from fleet.bmap import load_bmap, write_bmap
+from fleet.flash.many import Plan, Target, flash_target, run_all
+from fleet.flash.wait import new_devices
+from provision_disks import held_by_another_program, make_disk
+
+pytestmark = pytest.mark.integration
+
+FLEET = str(Path(sys.executable).parent / "fleet")
+MiB = 1 << 20
+
+
+def fleet(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FLEET, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120
+    )
+
+
+def _attach(backing: Path) -> str:
+    return subprocess.run(
+        ["losetup", "--find", "--show", str(backing)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+LoopMaker = Callable[..., str]
+
+
+@pytest.fixture
+def loops(tmp_path: Path) -> Iterator[LoopMaker]:
+    attached: list[str] = []
+    mounts: list[Path] = []
+
+    def make(size: int = 32 * MiB, room: int | None = None) -> str:
+        """A loop device of ``size`` bytes (0xA5 bytes, or sparse over a tmpfs with only
+        ``room`` bytes of space: writes past that fail, as a failing card's do)."""
+        folder = tmp_path / f"disk{len(attached)}"
+        folder.mkdir()
+        backing = folder / "backing.img"
+        if room is not None:
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={room}", "tmpfs", str(folder)], check=True
+            )
+            mounts.append(folder)
+            with open(backing, "wb") as handle:
+                handle.truncate(size)
+        else:
+            backing.write_bytes(b"\xa5" * size)
+        node = _attach(backing)
+        attached.append(node)
+        return node
+
+    yield make
+    for node in attached:
+        subprocess.run(["losetup", "-d", node], check=False)
+    for folder in mounts:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Path:
+    return make_disk(tmp_path / "disk.img")  # 24 MiB, FAT partition 1, no bmap: every byte
+
+
+def read(node: str, length: int) -> bytes:
+    fd = os.open(node, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return os.pread(fd, length, 0)
+    finally:
+        os.close(fd)
+
+
+def hostname_on(node: str) -> bytes | None:
+    return provision.read(Path(node), "fleet/hostname")
+
+
+def run_json(*args: str) -> tuple[int, dict[str, object], str]:
+    result = fleet("flash", *args, "--json")
+    return result.returncode, json.loads(result.stdout), result.stderr
+
+
+def by_target(report: dict[str, object]) -> dict[str, dict[str, object]]:
+    targets = report["targets"]
+    assert isinstance(targets, list)
+    return {t["target"]: t for t in targets}
+
+
+def test_three_targets_get_the_image_and_their_own_hostnames(disk: Path, loops: LoopMaker) -> None:
+    nodes = [loops() for _ in range(3)]
+    args = [a for node in nodes for a in ("-d", node)]
+    code, report, stderr = run_json(str(disk), *args, "--yes", "--hostname", "kiosk-{n:02}")
+    assert code == 0, stderr
+    assert report["ok"] is True
+    targets = by_target(report)
+    image = disk.read_bytes()
+    for n, node in enumerate(nodes, 1):
+        assert targets[node]["verified"] is True and targets[node]["ok"] is True
+        assert targets[node]["hostname"] == f"kiosk-{n:02}"
+        assert targets[node]["bytes_written"] == len(image)
+        assert hostname_on(node) == f"kiosk-{n:02}\n".encode()
+        # everything but the settings in partition 1 is the image, byte for byte
+        assert read(node, 1 * MiB) == image[: 1 * MiB]
+        assert read(node, len(image))[17 * MiB :] == image[17 * MiB :]
+    # the summary table a person sees
+    result = fleet("flash", str(disk), *args, "--yes", "--hostname", "kiosk-{n:02}")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["target", "serial", "hostname", "bytes", "seconds", "result"]
+    assert [line.split()[0] for line in lines[1:]] == nodes
+    assert all(line.split()[2] == f"kiosk-{n:02}" for n, line in enumerate(lines[1:], 1))
+    assert all(line.endswith("verified") for line in lines[1:])
+
+
+def test_a_target_failing_mid_write_does_not_stop_the_others(disk: Path, loops: LoopMaker) -> None:
+    good1 = loops()
+    failing = loops(room=8 * MiB)  # 32 MiB as the kernel sees it, 8 MiB that takes writes
+    good2 = loops()
+    code, report, stderr = run_json(
+        str(disk), "-d", good1, "-d", failing, "-d", good2, "--yes", "--hostname", "pi-{n}"
+    )
+    assert code == 6
+    assert f"1 of 3 targets failed: {failing}" in stderr
+    targets = by_target(report)
+    assert report["ok"] is False
+    bad = targets[failing]
+    assert bad["ok"] is False and bad["verified"] is False
+    assert isinstance(bad["error"], str)
+    assert "partial image" in bad["error"] and failing in bad["error"], bad["error"]
+    image = disk.read_bytes()
+    for node, name in ((good1, b"pi-1\n"), (good2, b"pi-3\n")):
+        assert targets[node]["ok"] is True and targets[node]["verified"] is True
+        assert hostname_on(node) == name
+        assert read(node, 1 * MiB) == image[: 1 * MiB]
+
+
+def test_a_held_device_is_refused_and_the_rest_are_flashed(disk: Path, loops: LoopMaker) -> None:
+    free, held = loops(), loops()
+    with held_by_another_program(held):
+        code, report, stderr = run_json(
+            str(disk), "-d", held, "-d", free, "--yes", "--hostname", "desk-{n}"
+        )
+    assert code == 6, stderr
+    targets = by_target(report)
+    assert targets[held]["ok"] is False
+    assert f"{held} is busy" in str(targets[held]["error"])
+    assert "was not changed" in str(targets[held]["error"])
+    assert read(held, 4096) == b"\xa5" * 4096
+    assert targets[free]["ok"] is True and hostname_on(free) == b"desk-2\n"
+
+
+def test_every_safety_rule_still_applies_to_each_target(
+    disk: Path, loops: LoopMaker, tmp_path: Path
+) -> None:
+    ok, small = loops(), loops(size=8 * MiB)
+    code, report, _ = run_json(str(disk), "-d", small, "-d", ok, "--yes")
+    assert code == 6
+    targets = by_target(report)
+    assert "too small" in str(targets[small]["error"])
+    assert targets[ok]["ok"] is True
+    assert read(small, 4096) == b"\xa5" * 4096
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--hostname", "kiosk"], "would name every target alike"),
+        (["--hostname", "bad name {n}"], "hostname"),
+        (["--hostname", "k-{n.__class__}"], "only {n}"),
+        (["--allow-system-drive"], "flashed on its own"),
+        (["--all-removable"], "give the targets one way"),
+    ],
+)
+def test_bad_options_are_refused_before_any_write(
+    disk: Path, loops: LoopMaker, extra: list[str], message: str
+) -> None:
+    nodes = [loops(), loops()]
+    result = fleet("flash", str(disk), "-d", nodes[0], "-d", nodes[1], "--yes", *extra)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert all(read(node, 4096) == b"\xa5" * 4096 for node in nodes)
+
+
+def test_one_disk_named_twice_is_refused(disk: Path, loops: LoopMaker) -> None:
+    node = loops()
+    again = f"/dev/../dev/{Path(node).name}"  # the same node by another spelling
+    result = fleet("flash", str(disk), "-d", node, "-d", again, "--yes")
+    assert result.returncode == 2
+    assert "same disk" in result.stderr
+    assert read(node, 4096) == b"\xa5" * 4096
+
+
+def test_no_terminal_and_no_yes_writes_nothing(disk: Path, loops: LoopMaker) -> None:
+    nodes = [loops(), loops()]
+    result = fleet("flash", str(disk), "-d", nodes[0], "-d", nodes[1])
+    assert result.returncode == 6
+    assert "pass --yes" in result.stderr
+    assert all(read(node, 4096) == b"\xa5" * 4096 for node in nodes)
+
+
+def test_count_without_wait_is_refused(disk: Path) -> None:
+    result = fleet("flash", str(disk), "--count", "3")
+    assert result.returncode == 2 and "add --wait" in result.stderr
+
+
+def test_targets_are_taken_as_they_appear(tmp_path: Path, loops: LoopMaker) -> None:
+    """The --wait --count path: devices that appear one by one, each flashed as it comes
+    while the next one is awaited (the real predicate refuses loop devices, so this one
+    accepts only ours)."""
+    image = tmp_path / "big.img"
+    with open(image, "wb") as handle:
+        handle.truncate(24 * MiB)
+        handle.write(os.urandom(2 * MiB))
+        handle.seek(20 * MiB)
+        handle.write(os.urandom(1 * MiB))
+    write_bmap(image, tmp_path / "big.img.bmap")
+    bmap = load_bmap(tmp_path / "big.img.bmap")
+    ours: list[str] = []
+    started: list[str] = []
+
+    def attach_next() -> None:
+        ours.append(loops())
+
+    def later() -> None:  # the second and third cards come while the first is written
+        for _ in range(2):
+            while len(started) < len(ours):
+                threading.Event().wait(0.05)
+            attach_next()
+
+    def arriving() -> Iterator[Target]:
+        stream = new_devices(lambda d: d.node in ours, timeout=30, on_listening=attach_next)
+        for n in range(1, 4):
+            device = next(stream)
+            if n == 1:  # the monitor listens and the first card is there
+                threading.Thread(target=later, daemon=True).start()
+            yield Target(device.node, n)
+
+    plan = Plan(image, bmap, tmp_path / "big.img.bmap", 24 * MiB, True, False, lambda t: None)
+    run = run_all(
+        arriving(),
+        lambda t, cancel: flash_target(plan, t, None, cancel),
+        on_start=lambda t: started.append(t.node),
+    )
+    assert run.ok, run
+    assert [o.node for o in run.outcomes] == ours
+    data = image.read_bytes()
+    for node in ours:
+        assert read(node, 2 * MiB) == data[: 2 * MiB]
