@@ -23,7 +23,7 @@ def default_predicate(device: BlockDevice) -> bool:
     return device.offered
 
 
-def _monitor(context: pyudev.Context) -> pyudev.Monitor:
+def disk_monitor(context: pyudev.Context) -> pyudev.Monitor:
     source = "udev" if Path("/run/udev/control").exists() else "kernel"
     monitor = pyudev.Monitor.from_netlink(context, source=source)
     monitor.filter_by("block", device_type="disk")
@@ -51,7 +51,7 @@ def new_devices(
     order they come, from one monitor, so none that comes between two is missed.
     ``timeout`` bounds the wait for each next one (FlashError when it passes)."""
     context = context or pyudev.Context()
-    monitor = _monitor(context)
+    monitor = disk_monitor(context)
     monitor.start()
     # Devices already there do not count, only new ones or ones that got a medium.
     present = {d.node for d in list_block_devices(context) if predicate(d)}
