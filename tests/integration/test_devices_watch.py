@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from fleet.flash import rpiboot
+from fleet.flash.discovery import BlockDevice
 from fleet.flash.watch import Event, events
 
 pytestmark = pytest.mark.integration
@@ -39,8 +40,14 @@ def test_cards_and_boards_arriving_and_leaving(tmp_path: Path) -> None:
     attached: list[str] = []
     usb: list[Any] = [RomBoard((1, 2), "aaaa1111")]  # there before watching begins
     seen: list[Event] = []
+
+    def backed_here(device: BlockDevice) -> bool:
+        # decided by the device alone: its event may come before losetup returns
+        backing = Path(f"/sys/block/{device.name}/loop/backing_file")
+        return backing.is_file() and backing.read_text().startswith(str(tmp_path))
+
     stream = events(
-        lambda d: d.node in attached,  # the real one refuses loop devices
+        backed_here,  # the real one refuses loop devices
         finder=lambda: list(usb),
         poll=0.1,
     )
@@ -61,7 +68,7 @@ def test_cards_and_boards_arriving_and_leaving(tmp_path: Path) -> None:
             threading.Thread(target=step).start()
             usb.append(RomBoard((1, 4), "bbbb2222"))
         elif event.kind == "disk" and event.action == "arrived":
-            subprocess.run(["losetup", "-d", attached[0]], check=True)
+            subprocess.run(["losetup", "-d", event.name], check=True)
         elif event.kind == "disk" and event.action == "left":
             usb.pop(0)  # the first board is booted or unplugged
         if ("left", "usb-boot") in [(e.action, e.kind) for e in seen] and any(

@@ -7,9 +7,7 @@ import gzip
 import json
 import lzma
 import os
-import pty
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from terminal import run_on_terminal
 
 from fleet.bmap import create_bmap, load_bmap, write_bmap
 from fleet.errors import FlashError
@@ -212,47 +211,11 @@ def test_refuses_to_ask_without_a_terminal(image: Path, loop: tuple[str, Path]) 
     assert read(node, 0, 4096) == b"\xa5" * 4096
 
 
-def _as_at_a_terminal() -> None:
-    # A run started in the background by a non-interactive shell (`cmd &`) ignores SIGINT,
-    # and an ignored signal stays ignored across exec: fleet would never see the Ctrl-C.
-    # At a desk it is not ignored.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _run_on_terminal(args: list[str], interrupt_on: str | None = None) -> tuple[int, str]:
-    """Run fleet with a pseudo-terminal as its stderr, as a person at a desk sees it;
-    with ``interrupt_on`` (a pattern), press Ctrl-C (SIGINT) once it has been shown."""
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        [FLEET, *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=follower,
-        preexec_fn=_as_at_a_terminal,
-    )
-    os.close(follower)
-    seen = bytearray()
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:  # EIO: the child closed its end
-            break
-        if not chunk:
-            break
-        seen += chunk
-        if interrupt_on is not None and re.search(interrupt_on.encode(), seen):
-            proc.send_signal(signal.SIGINT)
-            interrupt_on = None
-    os.close(leader)
-    proc.communicate(timeout=120)
-    return proc.returncode, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))
-
-
 def test_progress_shows_bytes_rate_and_time_left_on_a_terminal(
     image: Path, loop: tuple[str, Path]
 ) -> None:
     node, _ = loop
-    code, screen = _run_on_terminal(["flash", str(image), "-d", node, "--yes"])
+    code, screen, _ = run_on_terminal(["flash", str(image), "-d", node, "--yes"])
     assert code == 0, screen
     assert "writing" in screen and "verifying" in screen, screen
     assert re.search(r"[0-9.]+/[0-9.]+ [KM]iB", screen), screen  # bytes done / total
@@ -268,7 +231,7 @@ def test_ctrl_c_says_what_state_the_device_is_in(tmp_path: Path, loop_factory: o
     big = tmp_path / "big.img"
     with open(big, "wb") as handle:
         handle.truncate(1024 * MiB)
-    code, screen = _run_on_terminal(
+    code, screen, _ = run_on_terminal(
         ["flash", str(big), "-d", node, "--yes", "--no-bmap"],
         interrupt_on=r"writing.*[1-9][0-9.]*/1\.0 GiB",  # once some bytes are on the device
     )
@@ -349,6 +312,6 @@ def test_file_names_with_markup_are_printed_as_they_are(
     odd.with_name(odd.name + ".bmap").write_bytes(image.with_name("disk.img.bmap").read_bytes())
     result = fleet("flash", str(odd), "-d", node, "--yes")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(
-        f"flashed {odd.name} to {node} using {odd.name}.bmap: "
-    ), result.stdout
+    assert result.stdout.startswith(f"flashed {odd.name} to {node} using {odd.name}.bmap: "), (
+        result.stdout
+    )

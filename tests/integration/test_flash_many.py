@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -13,12 +14,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from provision_disks import held_by_another_program, make_disk
+from terminal import run_on_terminal
 
 from fleet import provision
 from fleet.bmap import load_bmap, write_bmap
+from fleet.flash.discovery import BlockDevice
 from fleet.flash.many import Plan, Target, flash_target, run_all
 from fleet.flash.wait import new_devices
-from provision_disks import held_by_another_program, make_disk
 
 pytestmark = pytest.mark.integration
 
@@ -236,6 +239,11 @@ def test_targets_are_taken_as_they_appear(tmp_path: Path, loops: LoopMaker) -> N
     def attach_next() -> None:
         ours.append(loops())
 
+    def backed_here(device: BlockDevice) -> bool:
+        # decided by the device alone: its event may come before losetup returns
+        backing = Path(f"/sys/block/{device.name}/loop/backing_file")
+        return backing.is_file() and backing.read_text().startswith(str(tmp_path))
+
     def later() -> None:  # the second and third cards come while the first is written
         for _ in range(2):
             while len(started) < len(ours):
@@ -243,7 +251,7 @@ def test_targets_are_taken_as_they_appear(tmp_path: Path, loops: LoopMaker) -> N
             attach_next()
 
     def arriving() -> Iterator[Target]:
-        stream = new_devices(lambda d: d.node in ours, timeout=30, on_listening=attach_next)
+        stream = new_devices(backed_here, timeout=30, on_listening=attach_next)
         for n in range(1, 4):
             device = next(stream)
             if n == 1:  # the monitor listens and the first card is there
@@ -261,3 +269,27 @@ def test_targets_are_taken_as_they_appear(tmp_path: Path, loops: LoopMaker) -> N
     data = image.read_bytes()
     for node in ours:
         assert read(node, 2 * MiB) == data[: 2 * MiB]
+
+
+def test_ctrl_c_stops_every_target_and_says_what_each_holds(
+    tmp_path: Path, loops: LoopMaker
+) -> None:
+    big = tmp_path / "big.img"
+    with open(big, "wb") as handle:
+        handle.truncate(1024 * MiB)
+    nodes = [loops(size=1024 * MiB), loops(size=1024 * MiB)]
+    args = ["flash", str(big), "-d", nodes[0], "-d", nodes[1], "--yes", "--no-bmap"]
+    # both progress bars show bytes on the device before the key is pressed
+    code, screen, table = run_on_terminal(
+        args, interrupt_on=r"loop\d+ writing.*[1-9][0-9.]*/1\.0 GiB"
+    )
+    flat = screen.replace("\r", "").replace("\n", " ")
+    assert code == 6, screen
+    assert "interrupted; 2 of 2 targets were not finished" in flat, screen
+    for node in nodes:  # the summary on stdout says it for each
+        assert re.search(rf"{node} .*FAILED: interrupted; {node} holds a partial image", table), (
+            table
+        )
+    # nothing is left holding them: both can be flashed again at once
+    again = fleet(*args, "--no-verify")
+    assert again.returncode == 0, again.stderr
