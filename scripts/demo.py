@@ -1,5 +1,6 @@
 """`make demo`: the main job end to end on the virtual lab, with the fleet command as a
-user types it: build the example app for ARM, sign it, flash and boot a virtual board,
+user types it: build the example app for ARM, sign it, flash it onto three cards at once
+(loop devices), flash and boot a virtual board,
 update it A/B to a new release, push a broken release and watch the automatic rollback,
 roll the release out to simulated boards in waves, and publish it for simulated boards
 that pull it themselves from a folder behind nginx.
@@ -154,6 +155,7 @@ def main() -> None:
         "--board",
         BOARD,
     )
+    flash_cards(WORK / "v1" / "disk.img")
     up = step(
         "flash and boot a virtual board",
         "lab",
@@ -190,6 +192,40 @@ def main() -> None:
 
 
 SIMS = 8
+CARDS = 3
+
+
+def flash_cards(image: Path) -> None:
+    """The image onto three "cards" at once (loop devices standing in for SD cards in
+    readers), each read back and given its own hostname."""
+    import contextlib
+
+    nodes: list[str] = []
+    try:
+        for n in range(1, CARDS + 1):
+            backing = WORK / f"card{n}.img"
+            with open(backing, "wb") as handle:
+                handle.truncate(image.stat().st_size)
+            nodes.append(
+                subprocess.run(
+                    ["losetup", "--find", "--show", str(backing)],
+                    check=True, capture_output=True, text=True,
+                ).stdout.strip()
+            )
+        devices = [a for node in nodes for a in ("--device", node)]
+        proc = step(f"flash {CARDS} cards at once, each read back, named kiosk-01..03", "flash",
+                    image, *devices, "--yes", "--hostname", "kiosk-{n:02}", "--json",
+                    json_out=True)
+        report = json.loads(proc.stdout)
+        title, _, seconds = summary.pop()
+        names = ", ".join(f"{t['hostname']} verified" for t in report["targets"] if t["verified"])
+        summary.append((title, "ok" if report["ok"] else "FAILED", f"{names}; {seconds}"))
+    finally:
+        for node in nodes:
+            subprocess.run(["losetup", "-d", node], check=False)
+        for n in range(1, CARDS + 1):
+            with contextlib.suppress(OSError):
+                (WORK / f"card{n}.img").unlink()
 
 
 def _sims_down(prefix: str = "demo-sim") -> None:

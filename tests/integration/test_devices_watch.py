@@ -62,20 +62,24 @@ def test_cards_and_boards_arriving_and_leaving(tmp_path: Path) -> None:
             ).stdout.strip()
         )
 
-    for event in stream:
-        seen.append(event)
-        if len(seen) == 1:  # the board that was there; now a card and a second board come
-            threading.Thread(target=step).start()
-            usb.append(RomBoard((1, 4), "bbbb2222"))
-        elif event.kind == "disk" and event.action == "arrived":
-            subprocess.run(["losetup", "-d", event.name], check=True)
-        elif event.kind == "disk" and event.action == "left":
-            usb.pop(0)  # the first board is booted or unplugged
-        if ("left", "usb-boot") in [(e.action, e.kind) for e in seen] and any(
-            e.name == "usb:1-1.4" for e in seen
-        ):
-            break
-        assert len(seen) < 20, seen
+    try:
+        for event in stream:
+            seen.append(event)
+            if len(seen) == 1:  # the board that was there; now a card and a second board come
+                threading.Thread(target=step).start()
+                usb.append(RomBoard((1, 4), "bbbb2222"))
+            elif event.kind == "disk" and event.action == "arrived":
+                subprocess.run(["losetup", "-d", event.name], check=True)
+            elif event.kind == "disk" and event.action == "left":
+                usb.pop(0)  # the first board is booted or unplugged
+            if ("left", "usb-boot") in [(e.action, e.kind) for e in seen] and any(
+                e.name == "usb:1-1.4" for e in seen
+            ):
+                break
+            assert len(seen) < 20, seen
+    finally:  # a failed run leaves no loop device behind
+        for node in attached:
+            subprocess.run(["losetup", "-d", node], capture_output=True, check=False)
     summary = [(e.action, e.kind, e.name) for e in seen]
     assert summary[0] == ("present", "usb-boot", "usb:1-1.2")
     assert ("arrived", "usb-boot", "usb:1-1.4") in summary
