@@ -9,6 +9,10 @@ reads the device back, so fleet also runs with --no-verify, the like-for-like fi
 CPU time is the user + system time of the flashing processes (getrusage of children),
 not the loop devices' kernel workers, which would be a card reader's hardware.
 
+The loop devices' backing files are on tmpfs by default (--backing /dev/shm): each
+target then stands alone, as cards in separate readers do. With --backing on a disk
+folder, all the targets share that one disk, and its write speed caps the aggregate.
+
 Targets: CPU time per GiB flat as N grows, and 4 targets in less than half the time of
 4 bmaptool runs in sequence. The page cache is dropped before every run; each case runs
 --runs times (3 by default) and the median is printed. Needs root.
@@ -21,6 +25,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -66,6 +71,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per case (median printed)")
     parser.add_argument("--counts", default="1,2,4", help="numbers of targets")
+    parser.add_argument(
+        "--backing", type=Path, default=Path("/dev/shm"), help="folder for the targets' files"
+    )
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
     with tempfile.TemporaryDirectory(prefix="fleet-bench-many-", dir="/var/tmp") as tmp:
@@ -76,9 +84,10 @@ def main() -> None:
         subprocess.run(["zstd", "-q", "-1", "-T0", str(image), "-o", str(packed)], check=True)
         mapped = load_bmap(bmap_path).mapped_bytes
         nodes = []
+        targets = Path(tempfile.mkdtemp(prefix="fleet-bench-many-", dir=args.backing))
         try:
             for i in range(max(counts)):
-                backing = work / f"target{i}.img"
+                backing = targets / f"target{i}.img"
                 with open(backing, "wb") as handle:
                     handle.truncate(SIZE)
                 nodes.append(
@@ -89,10 +98,12 @@ def main() -> None:
                         text=True,
                     ).stdout.strip()
                 )
+            print(f"targets' backing files in {args.backing}")
             run_cases(image, packed, bmap_path, nodes, counts, mapped, args.runs)
         finally:
             for node in nodes:
                 subprocess.run(["losetup", "-d", node], check=False)
+            shutil.rmtree(targets, ignore_errors=True)
 
 
 def run_cases(
