@@ -68,6 +68,12 @@ def check_request(req: Request, hostname: str | None, uses_settings_file: bool) 
         raise UsageError("--count must be 1 or more")
     if req.count is not None and not (req.wait or req.rpiboot):
         raise UsageError("--count takes that many new targets as they appear: add --wait")
+    if req.wait and req.count is None:
+        raise UsageError("--wait takes new targets as they appear: with --count N, not a list")
+    if req.rpiboot and req.count is None:
+        raise UsageError("--rpiboot with several boards needs --count N")
+    if hostname and "{serial" in hostname and not req.rpiboot:
+        raise UsageError("{serial} is a USB-boot board's serial: only with --rpiboot --count N")
     if req.all_removable and req.yes:
         # every removable disk includes the backup drive nobody thought of: look first
         raise UsageError("--all-removable lists what it would write and asks once; no --yes")

@@ -76,6 +76,10 @@ def req(**kw: object) -> Request:
         (req(count=2), None, "add --wait"),
         (req(all_removable=True, yes=True), None, "asks once; no --yes"),
         (req(devices=["/dev/a", "/dev/b"]), "same-name", "alike"),
+        (req(devices=["/dev/a", "/dev/b"], wait=True), None, "not a list"),
+        (req(devices=["/dev/a", "/dev/b"], rpiboot=True), None, "needs --count"),
+        (req(devices=["/dev/a", "/dev/b"]), "pi-{serial}", "only with --rpiboot"),
+        (req(count=3, wait=True), "pi-{serial}", "only with --rpiboot"),
     ],
 )
 def test_refused_combinations(request_: Request, hostname: str | None, message: str) -> None:
