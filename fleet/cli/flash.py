@@ -82,8 +82,9 @@ def _find_target(
         return device_info(device)
     if rpiboot_mode or usb_path or usb_serial:
         from fleet.flash import rpiboot  # pyusb only for boards in boot-ROM mode (start-up)
+        from fleet.flash.rpiboot_files import BootFiles
 
-        files = rpiboot.BootFiles(rpiboot_files)
+        files = BootFiles(rpiboot_files)
 
         def boot() -> None:  # once the disk monitor listens: a quick disk is not missed
             served = rpiboot.boot(

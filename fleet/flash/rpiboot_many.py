@@ -14,6 +14,7 @@ from fleet.errors import FlashError
 from fleet.flash import rpiboot
 from fleet.flash.discovery import BlockDevice
 from fleet.flash.many import Target
+from fleet.flash.rpiboot_files import BootFiles
 from fleet.flash.wait import wait_for_device
 
 Waiter = Callable[..., BlockDevice]
@@ -39,7 +40,7 @@ def next_rom_board(
 
 
 def gadget_disk(
-    files: rpiboot.BootFiles,
+    files: BootFiles,
     board: rpiboot.BootRomBoard,
     timeout: float,
     log: Callable[[str], None],
@@ -74,7 +75,7 @@ def booted_targets(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[Target]:
-    files = rpiboot.BootFiles(folder)
+    files = BootFiles(folder)
     for n in range(1, count + 1):
         log(f"waiting for board {n} of {count} in USB boot mode...")
         board = next_rom_board(finder, timeout, clock, sleep)
