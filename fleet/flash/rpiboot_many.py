@@ -46,13 +46,23 @@ def gadget_disk(
     log: Callable[[str], None],
     finder: rpiboot.Finder = rpiboot.default_finder,
     wait: Waiter = wait_for_device,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> BlockDevice:
     """Boot ``board`` and return the disk its gadget brings up on the same port. The
     disk monitor is listening before the first USB transfer, so a disk that comes up
     quickly is not missed."""
 
     def boot() -> None:
-        served = rpiboot.boot(files, path=board.path, timeout=timeout, finder=finder, log=log)
+        served = rpiboot.boot(
+            files,
+            path=board.path,
+            timeout=timeout,
+            finder=finder,
+            clock=clock,
+            sleep=sleep,
+            log=log,
+        )
         log(
             f"board {board.serial or board.path} booted the mass-storage gadget "
             f"({len(served)} files); waiting for its disk"
@@ -79,5 +89,5 @@ def booted_targets(
     for n in range(1, count + 1):
         log(f"waiting for board {n} of {count} in USB boot mode...")
         board = next_rom_board(finder, timeout, clock, sleep)
-        disk = gadget_disk(files, board, timeout, log, finder, wait)
+        disk = gadget_disk(files, board, timeout, log, finder, wait, clock, sleep)
         yield Target(disk.node, n, board.serial)

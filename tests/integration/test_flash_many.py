@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -293,3 +294,68 @@ def test_ctrl_c_stops_every_target_and_says_what_each_holds(
     # nothing is left holding them: both can be flashed again at once
     again = fleet(*args, "--no-verify")
     assert again.returncode == 0, again.stderr
+
+
+def test_usb_boot_boards_each_get_their_entry_of_a_settings_file_by_serial(
+    disk: Path, loops: LoopMaker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--rpiboot --count 2 --settings boards.toml: two simulated boards in boot-ROM mode
+    (the pyusb edge) are booted through fleet's real rpiboot, each one's gadget disk is a
+    real loop device on its USB port, and each gets the boards.toml entry of its serial."""
+    from rpiboot_sim import FakeClock, SimBoard
+    from typer.testing import CliRunner
+
+    from fleet.cli.main import register
+    from fleet.flash import rpiboot, rpiboot_many
+    from fleet.flash.discovery import device_info
+
+    gadget = tmp_path / "mass-storage-gadget64"
+    gadget.mkdir()
+    (gadget / "bootcode4.bin").write_bytes(b"B4" * 1000)
+    (gadget / "config.txt").write_bytes(b"gadget=1\n")
+    (tmp_path / "boards.toml").write_text(
+        '[[board]]\nhostname = "kiosk-01"\nserial = "10000000a1b2c3d4"\n\n'
+        '[[board]]\nhostname = "kiosk-02"\nserial = "10000000ffff0002"\n'
+    )
+    script = [(rpiboot.GET_FILE_SIZE, "config.txt"), (rpiboot.READ_FILE, "config.txt"),
+              (rpiboot.DONE, "")]
+    clock = FakeClock()
+    # the board on port 1.4 is found first by neither order nor serial: by its USB path
+    boards = {
+        "1-1.4": SimBoard(0x2711, list(script), "10000000ffff0002", (1, 4), clock=clock),
+        "1-1.3": SimBoard(0x2711, list(script), "10000000a1b2c3d4", (1, 3), clock=clock),
+    }
+    disks = {"1-1.3": loops(), "1-1.4": loops()}
+
+    def gadget_disks(predicate: Callable[[BlockDevice], bool], *, timeout: float,
+                     on_listening: Callable[[], None]) -> BlockDevice:
+        on_listening()
+        up = [replace(device_info(disks[port]), kind="disk", rpi_msd=True, usb_port=port)
+              for port, board in boards.items() if board.stage == "gone"]
+        return next(d for d in up if predicate(d))
+
+    real = rpiboot_many.booted_targets
+
+    def booted(folder: Path, count: int, **kw: object) -> Iterator[Target]:
+        return real(folder, count, timeout=30.0, log=lambda _m: None, wait=gadget_disks,
+                    finder=lambda: [d for b in boards.values() for d in b.enumerate()],
+                    clock=clock, sleep=clock.sleep)
+
+    monkeypatch.setattr(rpiboot_many, "booted_targets", booted)
+    result = CliRunner().invoke(register(["flash"]), [
+        "flash", str(disk), "--rpiboot", "--rpiboot-files", str(gadget), "--count", "2",
+        "--settings", str(tmp_path / "boards.toml"), "--yes", "--json",
+    ])
+    assert result.exit_code == 0, (result.output, result.exception)
+    report = json.loads(result.stdout)
+    targets = by_target(report)
+    assert report["ok"] is True
+    for port, name, serial in (("1-1.3", "kiosk-01", "10000000a1b2c3d4"),
+                               ("1-1.4", "kiosk-02", "10000000ffff0002")):
+        node = disks[port]
+        assert targets[node]["serial"] == serial and targets[node]["hostname"] == name
+        assert targets[node]["verified"] is True
+        assert hostname_on(node) == f"{name}\n".encode()
+        assert read(node, 1 * MiB) == disk.read_bytes()[: 1 * MiB]
+        assert boards[port].second_stage == b"B4" * 1000
+        assert boards[port].files == {"config.txt": b"gadget=1\n"}
