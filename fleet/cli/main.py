@@ -71,6 +71,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "status": ("fleet.cli.update", "status", "command"),
     "rollout": ("fleet.cli.rollout", "app", "group"),
     "publish": ("fleet.cli.publish", "publish", "command"),
+    "serve": ("fleet.cli.serve", "serve", "command"),
 }
 
 

@@ -1,0 +1,1 @@
+"""Network boot: a read-only TFTP server that serves only the bytes of verified releases."""

@@ -1,0 +1,207 @@
+"""The TFTP server: one thread, one selector, a socket per transfer (its own port, the
+transfer ID of RFC 1350) connected to its client. A slow or vanished client only ever
+delays its own transfer: nothing blocks on a client, every wait is a deadline in the
+loop. Requests are bounded per client address and in total.
+
+What a client may read is decided by ``resolve`` (client address, requested path) ->
+the bytes, or a Refusal; the server itself never touches the file system."""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fleet.netboot import packets
+from fleet.netboot.options import MAX_BLKSIZE, negotiate
+from fleet.netboot.paths import BadPath, clean
+from fleet.netboot.transfer import Transfer
+
+MAX_PER_CLIENT = 8
+MAX_TRANSFERS = 256
+
+
+class Refusal(Exception):
+    """A request that gets an ERROR packet; ``code`` is the TFTP error code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+Resolver = Callable[[str, str], tuple[str, bytes]]  # (client ip, path) -> (board, bytes)
+
+
+@dataclass
+class _Active:
+    sock: socket.socket
+    client: tuple[str, int]
+    board: str
+    name: str
+    transfer: Transfer
+    started: float
+    deadline: float = 0.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class TftpServer:
+    def __init__(
+        self,
+        resolve: Resolver,
+        bind: str,
+        port: int = 69,
+        log: Callable[[str], None] = print,
+        max_blksize: int = MAX_BLKSIZE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.resolve, self.log, self.max_blksize, self.clock = resolve, log, max_blksize, clock
+        self.bind = bind
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((bind, port))
+        self.port = self.sock.getsockname()[1]
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.sock, selectors.EVENT_READ, None)
+        self.active: dict[int, _Active] = {}
+        self.stopping = False
+        self.transfers = 0  # finished, for tests and the summary
+
+    # ------------------------------------------------------------------ loop
+
+    def serve_forever(self) -> None:
+        try:
+            while not self.stopping:
+                self.step(0.5)
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def step(self, longest: float) -> None:
+        now = self.clock()
+        wait = longest
+        for a in self.active.values():
+            wait = min(wait, max(0.0, a.deadline - now))
+        for key, _ in self.selector.select(wait):
+            if key.data is None:
+                self._request()
+            else:
+                self._reply(key.data)
+        now = self.clock()
+        for a in [a for a in self.active.values() if a.deadline <= now]:
+            self._send(a, a.transfer.on_timeout())
+            self._settle(a)
+
+    def close(self) -> None:
+        for a in list(self.active.values()):
+            self._finish(a, "server stopped")
+        self.selector.close()
+        self.sock.close()
+
+    # -------------------------------------------------------------- requests
+
+    def _request(self) -> None:
+        try:
+            raw, client = self.sock.recvfrom(packets.MAX_REQUEST + 1)
+        except OSError:
+            return
+        ip = client[0]
+        try:
+            request = packets.parse_request(raw)
+        except packets.BadPacket as exc:
+            self._refuse(client, packets.ILLEGAL, str(exc), "?")
+            return
+        if request.write:
+            self._refuse(client, packets.ACCESS, "this server is read-only", request.name)
+            return
+        if request.mode.lower() != "octet":
+            self._refuse(client, packets.ILLEGAL, "only octet mode is served", request.name)
+            return
+        if len(self.active) >= MAX_TRANSFERS or (
+            sum(1 for a in self.active.values() if a.client[0] == ip) >= MAX_PER_CLIENT
+        ):
+            self._refuse(client, packets.NOT_DEFINED, "too many transfers", request.name)
+            return
+        try:
+            path = clean(request.name)
+            board, data = self.resolve(ip, path)
+        except BadPath as exc:
+            self._refuse(client, packets.ACCESS, f"refused path: {exc}", request.name)
+            return
+        except Refusal as exc:
+            self._refuse(client, exc.code, str(exc), request.name)
+            return
+        options = negotiate(request.options, len(data), self.max_blksize)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((self.bind, 0))
+        sock.connect(client)
+        sock.setblocking(False)
+        active = _Active(sock, client, board, path, Transfer(data, options), self.clock())
+        self.active[sock.fileno()] = active
+        self.selector.register(sock, selectors.EVENT_READ, active)
+        self._send(active, active.transfer.first())
+
+    def _refuse(self, client: tuple[str, int], code: int, message: str, name: str) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.sendto(packets.error(code, message), client)
+        self.log(f"{client[0]} {name!r} refused: {message}")
+
+    # ------------------------------------------------------------- transfers
+
+    def _reply(self, a: _Active) -> None:
+        for _ in range(64):  # everything queued, without starving the others
+            try:
+                raw = a.sock.recv(2048)
+            except BlockingIOError:
+                break
+            except OSError as exc:  # ICMP port unreachable: the client has gone
+                a.transfer.outcome.failed = f"client unreachable ({exc.strerror})"
+                break
+            try:
+                opcode, number, text = packets.parse_reply(raw)
+            except packets.BadPacket:
+                continue
+            if opcode == packets.ACK:
+                self._send(a, a.transfer.on_ack(number))
+            elif opcode == packets.ERROR:
+                a.transfer.on_error(text)
+            if a.transfer.outcome.done or a.transfer.outcome.failed:
+                break
+        self._settle(a)
+
+    def _send(self, a: _Active, out: list[tuple[bytes, memoryview]]) -> None:
+        if out:
+            a.deadline = self.clock() + a.transfer.timeout
+        for header, payload in out:
+            try:
+                a.sock.sendmsg([header, payload])
+            except BlockingIOError:
+                break  # the socket buffer is full: the timeout resends
+            except OSError as exc:
+                a.transfer.outcome.failed = f"send failed ({exc.strerror})"
+                break
+
+    def _settle(self, a: _Active) -> None:
+        outcome = a.transfer.outcome
+        if outcome.done:
+            self._finish(a, "ok")
+        elif outcome.failed:
+            self._finish(a, outcome.failed)
+
+    def _finish(self, a: _Active, result: str) -> None:
+        self.selector.unregister(a.sock)
+        del self.active[a.sock.fileno()]
+        a.sock.close()
+        self.transfers += 1
+        seconds = max(self.clock() - a.started, 1e-6)
+        sent = a.transfer.delivered
+        rate = sent / seconds / (1 << 20)
+        self.log(
+            f"{a.client[0]} board={a.board} file={a.name} bytes={sent} "
+            f"seconds={seconds:.3f} rate={rate:.1f}MiB/s blksize={a.transfer.blksize} "
+            f"window={a.transfer.window} {result}"
+        )

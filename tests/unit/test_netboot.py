@@ -1,0 +1,113 @@
+"""The TFTP server's pure parts: path checks, option negotiation, the transfer state
+machine (windows, lost blocks, duplicates, rollover, retries)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleet.netboot.options import negotiate
+from fleet.netboot.paths import BadPath, clean
+from fleet.netboot.transfer import MAX_RETRIES, Transfer
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [
+        ("Image", "Image"),
+        ("/Image", "Image"),
+        ("overlays/vc4.dtbo", "overlays/vc4.dtbo"),
+        ("10000000abcdef01/start4.elf", "10000000abcdef01/start4.elf"),
+    ],
+)
+def test_clean_names(name: str, path: str) -> None:
+    assert clean(name) == path
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "..",
+        "../x",
+        "a/../../x",
+        "//x",
+        "a//b",
+        "./a",
+        "a\\b",
+        "a\x00b",
+        "a\nb",
+        "%2e%2e/x",
+        "..%2fx",
+        "%252e%252e%252fx",
+        "%5cx",
+        "a" * 256,
+        "a/",
+    ],
+)
+def test_names_that_could_leave_the_tree_are_refused(name: str) -> None:
+    with pytest.raises(BadPath):
+        clean(name)
+
+
+def test_negotiation_clamps_and_drops() -> None:
+    n = negotiate(
+        {
+            "blksize": "9000",
+            "tsize": "0",
+            "windowsize": "1000",
+            "timeout": "0",
+            "multicast": "1",
+            "bogus": "x",
+        },
+        size=1234,
+        max_blksize=1468,
+    )
+    assert (n.blksize, n.windowsize, n.timeout) == (1468, 64, 1.0)
+    assert n.oack == {"blksize": 1468, "tsize": 1234, "windowsize": 64}
+    assert negotiate({}, 10).oack is None
+    assert negotiate({"blksize": "7", "tsize": "5", "windowsize": "x1"}, 10).oack is None
+
+
+def blocks(out: list[tuple[bytes, memoryview]]) -> list[int]:
+    return [int.from_bytes(h[2:4], "big") for h, _ in out]
+
+
+def test_windows_advance_on_the_last_ack_and_resume_after_a_loss() -> None:
+    t = Transfer(bytes(100 * 10), negotiate({"blksize": "10", "windowsize": "4"}, 1000))
+    assert t.first()[0][0][:2] == b"\x00\x06"  # the OACK first
+    assert blocks(t.on_ack(0)) == [1, 2, 3, 4]
+    assert blocks(t.on_ack(4)) == [5, 6, 7, 8]
+    assert blocks(t.on_ack(6)) == [7, 8, 9, 10]  # 7 was lost: resume after 6
+    assert t.on_ack(6) == [] and t.on_ack(3) == []  # duplicates and old ACKs are ignored
+    assert t.on_ack(200) == []  # a block never sent
+
+
+def test_the_last_block_may_be_empty_and_ends_the_transfer() -> None:
+    t = Transfer(b"x" * 20, negotiate({}, 20))
+    t.blksize = 10
+    t.blocks = 3
+    out = t.first()
+    assert [bytes(p) for _, p in out] == [b"x" * 10]
+    assert [bytes(p) for _, p in t.on_ack(1)] == [b"x" * 10]
+    assert [bytes(p) for _, p in t.on_ack(2)] == [b""]
+    t.on_ack(3)
+    assert t.outcome.done and t.delivered == 20
+
+
+def test_block_numbers_roll_over_past_65535() -> None:
+    t = Transfer(bytes(8 * 65540), negotiate({"blksize": "8", "windowsize": "4"}, 0))
+    t.on_ack(0)
+    t.acked = t.sent = 65532
+    assert blocks(t._window()) == [65533, 65534, 65535, 0]
+    assert blocks(t.on_ack(0)) == [1, 2, 3, 4]  # ACK 0 now means block 65536
+    assert t.acked == 65536
+
+
+def test_a_silent_client_is_given_up_on() -> None:
+    t = Transfer(b"abc", negotiate({}, 3))
+    t.first()
+    for _ in range(MAX_RETRIES):
+        assert blocks(t.on_timeout()) == [1]
+    assert t.on_timeout() == [] and t.outcome.failed == f"no answer after {MAX_RETRIES} retries"
