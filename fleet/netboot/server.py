@@ -136,9 +136,18 @@ class TftpServer:
             self._refuse(client, exc.code, str(exc), request.name)
             return
         options = negotiate(request.options, len(data), self.max_blksize)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind((self.bind, 0))
-        sock.connect(client)
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        except OSError as exc:  # out of file descriptors: this client asks again later
+            self._refuse(client, packets.NOT_DEFINED, f"server busy ({exc.strerror})", path)
+            return
+        try:
+            sock.bind((self.bind, 0))
+            sock.connect(client)
+        except OSError as exc:
+            sock.close()
+            self._refuse(client, packets.NOT_DEFINED, f"cannot answer ({exc.strerror})", path)
+            return
         sock.setblocking(False)
         active = _Active(sock, client, board, path, Transfer(data, options), self.clock())
         self.active[sock.fileno()] = active
@@ -153,6 +162,8 @@ class TftpServer:
     # ------------------------------------------------------------- transfers
 
     def _reply(self, a: _Active) -> None:
+        if self.active.get(a.sock.fileno()) is not a:
+            return  # finished earlier in this round
         for _ in range(64):  # everything queued, without starving the others
             try:
                 raw = a.sock.recv(2048)
