@@ -71,13 +71,6 @@ class TftpServer:
 
     # ------------------------------------------------------------------ loop
 
-    def serve_forever(self) -> None:
-        try:
-            while not self.stopping:
-                self.step(0.5)
-        finally:
-            self.close()
-
     def stop(self) -> None:
         self.stopping = True
 

@@ -32,11 +32,13 @@ def _split(raw: bytes) -> dict[str, str]:
 
 
 class Client:
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 3.0) -> None:
+    def __init__(
+        self, port: int, host: str = "127.0.0.1", timeout: float = 3.0, source: str | None = None
+    ) -> None:
         self.server = (host, port)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.settimeout(timeout)
-        self.sock.bind((host, 0))
+        self.sock.bind((source or host, 0))  # any 127/8 address stands for another board
         self.peer: tuple[str, int] | None = None
 
     def close(self) -> None:
@@ -104,6 +106,21 @@ class Client:
                 self._ack(expected - 1)
                 nacked = True
             opcode, body = self._next()
+
+    def resume(self, block: int, blksize: int = 512) -> bytes:
+        """After fetch(stop_after_blocks=N): ACK block N and take the rest, lock-step."""
+        chunks, expected = [], block + 1
+        self._ack(block)
+        while True:
+            opcode, body = self._next()
+            assert opcode == DATA, (opcode, body[:40])
+            if struct.unpack_from("!H", body)[0] != expected & 0xFFFF:
+                continue
+            chunks.append(body[2:])
+            self._ack(expected)
+            if len(body) - 2 < blksize:
+                return b"".join(chunks)
+            expected += 1
 
     def _next(self) -> tuple[int, bytes]:
         raw, peer = self.sock.recvfrom(70000)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from fleet.netboot.layouts import mac_folder, serial_folder, split_board
 from fleet.netboot.options import negotiate
 from fleet.netboot.paths import BadPath, clean
 from fleet.netboot.transfer import MAX_RETRIES, Transfer
@@ -111,3 +112,28 @@ def test_a_silent_client_is_given_up_on() -> None:
     for _ in range(MAX_RETRIES):
         assert blocks(t.on_timeout()) == [1]
     assert t.on_timeout() == [] and t.outcome.failed == f"no answer after {MAX_RETRIES} retries"
+
+
+@pytest.mark.parametrize(
+    ("path", "split"),
+    [
+        ("a1b2c3d4/start4.elf", ("serial", "a1b2c3d4", "start4.elf")),
+        ("A1B2C3D4/overlays/x.dtbo", ("serial", "a1b2c3d4", "overlays/x.dtbo")),
+        ("dc-a6-32-01-36-c2/start4.elf", ("mac", "dc-a6-32-01-36-c2", "start4.elf")),
+        ("start4.elf", (None, None, "start4.elf")),
+        ("a1b2c3d4", (None, None, "a1b2c3d4")),  # a file, not a folder
+        ("a1b2c3d45/x", (None, None, "a1b2c3d45/x")),
+        ("overlays/vc4.dtbo", (None, None, "overlays/vc4.dtbo")),
+    ],
+)
+def test_board_folders(path: str, split: tuple[str | None, str | None, str]) -> None:
+    assert split_board(path) == split
+
+
+def test_serial_and_mac_folders() -> None:
+    assert serial_folder("10000000A1B2C3D4") == "a1b2c3d4"
+    assert serial_folder("00c0ffee") == "00c0ffee"
+    assert serial_folder("e4ba9a6b1d6f3d1b") == "1d6f3d1b"  # 64-bit serials: the low 8 too
+    assert serial_folder("c0ffee") is None
+    assert mac_folder("DC:A6:32:01:36:C2") == "dc-a6-32-01-36-c2"
+    assert mac_folder("dc:a6:32:01:36") is None
