@@ -11,7 +11,7 @@ squashfs-tools dosfstools mtools fdisk u-boot-tools e2fsprogs
 mmdebstrap debian-archive-keyring
 bmap-tools rauc signify-openbsd busybox-static cryptsetup-bin
 zstd xz-utils cpio file
-iproute2 openssh-client udev kmod curl
+iproute2 openssh-client udev kmod curl dnsmasq-base
 shellcheck strace nginx
 python3-venv
 "

@@ -18,9 +18,9 @@ if TYPE_CHECKING:
 
 def serve(
     trust: Annotated[
-        Path,
+        Path | None,
         typer.Option("--trust", help="Keys the releases must be signed by (a .pub or a folder)."),
-    ],
+    ] = None,
     release: Annotated[
         Path | None, typer.Option("--release", help="The release folder every board boots.")
     ] = None,
@@ -41,6 +41,22 @@ def serve(
             "--max-blksize", min=512, max=65464, help="Largest block size granted (RFC 2348)."
         ),
     ] = 1468,
+    dnsmasq_conf: Annotated[
+        bool,
+        typer.Option(
+            "--dnsmasq-conf",
+            help="Print a proxy-DHCP configuration for dnsmasq pointing boards at --bind, "
+            "and exit.",
+        ),
+    ] = False,
+    subnet: Annotated[
+        str | None,
+        typer.Option("--subnet", help="With --dnsmasq-conf: the boards' network (default /24)."),
+    ] = None,
+    interface: Annotated[
+        str | None,
+        typer.Option("--interface", help="With --dnsmasq-conf: the interface dnsmasq answers on."),
+    ] = None,
 ) -> None:
     """Serve verified releases over TFTP (read-only), one log line per transfer.
 
@@ -53,7 +69,15 @@ def serve(
     transfers in flight. Stop with Ctrl-C or SIGTERM.
 
     Example: fleet serve --map boards.toml --trust keys/release.pub --bind 192.0.2.1
+
+    DHCP stays with dnsmasq: fleet serve --dnsmasq-conf --bind 192.0.2.1 prints its
+    proxy-DHCP configuration.
     """
+    if dnsmasq_conf:
+        from fleet.netboot.dnsmasq import config
+
+        sys.stdout.write(config(bind, subnet, interface))
+        return
     from fleet.netboot.boards import load_map, single
     from fleet.netboot.server import TftpServer
     from fleet.netboot.tree import load_release
@@ -61,6 +85,8 @@ def serve(
 
     if (release is None) == (map_file is None):
         raise UsageError("give one of --release R (every board) or --map FILE")
+    if trust is None:
+        raise UsageError("give --trust KEYS: the keys the releases must be signed by")
     keys = load_trust(trust)
 
     def load() -> BoardMap:
