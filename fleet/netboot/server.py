@@ -13,7 +13,7 @@ import select
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fleet.netboot import packets
 from fleet.netboot.options import MAX_BLKSIZE, negotiate
@@ -44,7 +44,6 @@ class _Active:
     transfer: Transfer
     started: float
     deadline: float = 0.0
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 class TftpServer:

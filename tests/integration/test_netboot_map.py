@@ -8,18 +8,16 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tftp_client import Client
+from tftp_serve import FLEET, Served, start
 from trust_fixtures import make_release
 
 pytestmark = pytest.mark.integration
 
-FLEET = str(Path(sys.executable).parent / "fleet")
 MTOOLS = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 SSH_KEY = (
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ops@test"
@@ -78,47 +76,18 @@ def write_map(base: Path, first_hostname: str) -> None:
     )
 
 
-class Served:
-    def __init__(self, proc: subprocess.Popen[str], port: int, log: Path) -> None:
-        self.proc, self.port, self.log_path = proc, port, log
-
-    def wait_for_log(self, text: str, timeout: float = 20.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in (found := self.log_path.read_text()):
-                return found
-            time.sleep(0.05)
-        raise AssertionError(f"{text!r} never logged:\n{self.log_path.read_text()}")
-
-
 @pytest.fixture
 def server(lab: Path) -> Iterator[Served]:
-    from test_netboot_tftp import free_port
-
-    port = free_port()
-    log = lab / f"serve-{port}.log"
-    proc = subprocess.Popen(
-        [
-            FLEET,
-            "serve",
-            "--map",
-            str(lab / "boards.toml"),
-            "--trust",
-            str(lab / "keys/rel.pub"),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("w"),
-        text=True,
+    served = start(
+        lab,
+        "serving 4 boards",
+        "--map",
+        str(lab / "boards.toml"),
+        "--trust",
+        str(lab / "keys/rel.pub"),
     )
-    served = Served(proc, port, log)
-    served.wait_for_log("serving 4 boards")
     yield served
-    proc.terminate()
-    proc.wait(10)
+    served.stop()
     write_map(lab, "kiosk-01")
 
 

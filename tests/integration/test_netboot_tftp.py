@@ -6,9 +6,7 @@ stops answering). Every refusal leaves the served bytes as they were loaded."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,11 +14,12 @@ from pathlib import Path
 
 import pytest
 from tftp_client import ERROR, WRQ, Client, request
+from tftp_serve import FLEET, Served, serve_once
+from tftp_serve import start as start_serve
 from trust_fixtures import make_release
 
 pytestmark = pytest.mark.integration
 
-FLEET = str(Path(sys.executable).parent / "fleet")
 MTOOLS = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 KERNEL = os.urandom(3 << 20) + b"tail"  # not a multiple of any block size
 DTB = os.urandom(40000)
@@ -74,52 +73,9 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return folder, base / "keys/rel.pub"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Served:
-    def __init__(self, proc: subprocess.Popen[str], port: int, log: Path) -> None:
-        self.proc, self.port, self.log_path = proc, port, log
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def wait_for_log(self, text: str, timeout: float = 20.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in (found := self.log()):
-                return found
-            time.sleep(0.05)
-        raise AssertionError(f"{text!r} never logged:\n{self.log()}")
-
-
 def start(release: tuple[Path, Path], tmp: Path, *extra: str) -> Served:
-    port = free_port()
-    log = tmp / f"serve-{port}.log"
-    proc = subprocess.Popen(
-        [
-            FLEET,
-            "serve",
-            "--release",
-            str(release[0]),
-            "--trust",
-            str(release[1]),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            *extra,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("w"),
-        text=True,
-    )
-    served = Served(proc, port, log)
-    served.wait_for_log("serving hello 1.2.3")
-    return served
+    args = ("--release", str(release[0]), "--trust", str(release[1]), *extra)
+    return start_serve(tmp, "serving hello 1.2.3", *args)
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +84,7 @@ def server(
 ) -> Iterator[Served]:
     served = start(release, tmp_path_factory.mktemp("serve"))
     yield served
-    served.proc.terminate()
-    served.proc.wait(10)
+    served.stop()
 
 
 def curl(port: int, name: str, *extra: str) -> subprocess.CompletedProcess[bytes]:
@@ -325,8 +280,7 @@ def test_a_file_changed_on_disk_after_loading_is_never_served(
         assert curl(served.port, "release/rootfs.squashfs").stdout == original
     finally:
         payload.write_bytes(original)
-        served.proc.terminate()
-        served.proc.wait(10)
+        served.stop()
 
 
 def test_a_tampered_release_is_refused_before_serving(
@@ -338,23 +292,7 @@ def test_a_tampered_release_is_refused_before_serving(
     data = bytearray((copy / "rootfs.squashfs").read_bytes())
     data[100] ^= 1
     (copy / "rootfs.squashfs").write_bytes(bytes(data))
-    result = subprocess.run(
-        [
-            FLEET,
-            "serve",
-            "--release",
-            str(copy),
-            "--trust",
-            str(trust),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(free_port()),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = serve_once("--release", str(copy), "--trust", str(trust))
     assert result.returncode == 5
     assert "rootfs.squashfs does not match the manifest's hash" in result.stderr
     other = tmp_path / "other"
@@ -363,21 +301,5 @@ def test_a_tampered_release_is_refused_before_serving(
         check=True,
         capture_output=True,
     )
-    result = subprocess.run(
-        [
-            FLEET,
-            "serve",
-            "--release",
-            str(folder),
-            "--trust",
-            str(other / "x.pub"),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(free_port()),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = serve_once("--release", str(folder), "--trust", str(other / "x.pub"))
     assert result.returncode == 5 and len(result.stderr.strip().splitlines()) == 1
