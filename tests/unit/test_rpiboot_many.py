@@ -5,7 +5,7 @@ serial its boot ROM reported."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -100,21 +100,25 @@ def rig(*boards: tuple[str, tuple[int, ...]]) -> tuple[dict[str, SimBoard], Fake
     return sims, clock
 
 
+def booting(
+    files: BootFiles, sims: dict[str, SimBoard], clock: FakeClock, count: int, monitor: Monitor
+) -> Iterator[Target]:
+    return rpiboot_many.booted_targets(
+        files.folder,
+        count,
+        timeout=30.0,
+        log=lambda _m: None,
+        finder=lambda: [d for b in sims.values() for d in b.enumerate()],
+        wait=monitor,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+
+
 def targets(
     files: BootFiles, sims: dict[str, SimBoard], clock: FakeClock, count: int, monitor: Monitor
 ) -> list[Target]:
-    return list(
-        rpiboot_many.booted_targets(
-            files.folder,
-            count,
-            timeout=30.0,
-            log=lambda _m: None,
-            finder=lambda: [d for b in sims.values() for d in b.enumerate()],
-            wait=monitor,
-            clock=clock,
-            sleep=clock.sleep,
-        )
-    )
+    return list(booting(files, sims, clock, count, monitor))
 
 
 def test_each_board_is_booted_and_its_own_disk_taken_with_its_serial(files: BootFiles) -> None:
@@ -153,16 +157,7 @@ def test_a_board_whose_disk_never_comes_stops_the_run_with_the_reason(files: Boo
     monitor = Monitor(sims, clock)
     # the second board drops off the bus while its first file is sent
     sims["1-1.4"].leave_during = ("config.txt", 0, -4)
-    made = rpiboot_many.booted_targets(
-        files.folder,
-        2,
-        timeout=30.0,
-        log=lambda _m: None,
-        finder=lambda: [d for b in sims.values() for d in b.enumerate()],
-        wait=monitor,
-        clock=clock,
-        sleep=clock.sleep,
-    )
+    made = booting(files, sims, clock, 2, monitor)
     assert next(made) == Target("/dev/sda", 1, "10000000000000a3")
     with pytest.raises(FlashError, match=r"left the USB bus while receiving config\.txt"):
         next(made)
