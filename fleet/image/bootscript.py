@@ -37,10 +37,27 @@ def uboot_board_text(profile: BoardProfile) -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_uboot_script(work: Path) -> Path:
-    source = work / "boot.cmd"
-    source.write_text(uboot_script_text())
-    output = work / "boot.scr"
+NETBOOT_SCRIPT = "boot.scr.uimg"
+NETBOOT_INITRD = "initrd-net.zst"
+
+
+def netboot_script_text(profile: BoardProfile) -> str:
+    """boot.scr.uimg's source: the netboot logic, with the board's own values first (no
+    fleet/uboot-board.txt to read: the board may have no disk)."""
+    template = (DEVICE_DIR / "boot-uboot-net.cmd").read_text()
+    board = []
+    for line in uboot_board_text(profile).splitlines():
+        name, value = line.split("=", 1)
+        board.append(f"setenv {name} {value}")
+    return template.replace("@BOARD@", "\n".join(board))
+
+
+def make_uboot_script(work: Path, text: str | None = None, name: str = "boot.scr") -> Path:
+    """A U-Boot script image (mkimage -T script) of ``text``, the A/B boot script unless
+    given."""
+    source = work / f"{name}.cmd"
+    source.write_text(uboot_script_text() if text is None else text)
+    output = work / name
     # mkimage stamps the time into the header; SOURCE_DATE_EPOCH keeps it fixed.
     run(
         [
@@ -79,6 +96,8 @@ def uboot_saved_env(profile: BoardProfile) -> bytes:
 
 # A bootcmd's way to boot.scr on the disk that boot_disk_env names.
 RUN_BOOT_SCR = "load ${devtype} ${devnum}:1 ${scriptaddr} boot.scr && source ${scriptaddr}"
+# A bootcmd's way to netboot from `fleet serve` (ipaddr and serverip set, or `dhcp` first).
+RUN_NETBOOT_SCR = "tftpboot ${scriptaddr} boot.scr.uimg && source ${scriptaddr}"
 
 
 def boot_disk_env(profile: BoardProfile) -> tuple[str, str]:

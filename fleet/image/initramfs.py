@@ -5,7 +5,8 @@ switches to it."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+from pathlib import Path, PurePosixPath
 
 from fleet.image import cpio
 from fleet.image.disk import DISK_LABEL_ID
@@ -14,6 +15,7 @@ from fleet.release import Verity
 from fleet.run import run
 
 INIT = Path(__file__).resolve().parent.parent / "device" / "initramfs-init"
+NETBOOT = INIT.with_name("netboot-root")
 
 
 def verity_file(verity: Verity) -> bytes:
@@ -44,6 +46,13 @@ def build_initramfs(
     when the bootloader does not (the Pi firmware's tryboot). ``mapper`` is the static
     fleet-verity program (it also loads the modules), ``verity`` the slot's rootfs hash
     tree parameters."""
+    entries = _entries(busybox, modules, mapper=mapper, verity=verity)
+    return compress(cpio.archive(entries, mtime=mtime))
+
+
+def _entries(
+    busybox: Path, modules: list[Path], *, mapper: Path, verity: Verity
+) -> list[cpio.Entry]:
     entries = [
         cpio.directory("bin"),
         cpio.file("bin/busybox", busybox.read_bytes(), executable=True),
@@ -66,6 +75,53 @@ def build_initramfs(
     disk_id = DISK_LABEL_ID.removeprefix("0x")
     entries.append(cpio.file("etc/disk-id", f"{disk_id}\n".encode()))
     entries.append(cpio.file("etc/verity", verity_file(verity)))
+    return entries
+
+
+# What netboot-root needs from the slot's root filesystem: the board's pinned trust and
+# the checker the board runs on every release (the same files, so the netboot check is
+# the one an update gets).
+NETBOOT_TRUST = ("etc/fleet/verify-release", "etc/fleet/revoked", "etc/fleet/threshold")
+
+
+def build_netboot_initramfs(
+    busybox: Path,
+    modules: list[Path],
+    mtime: int,
+    *,
+    mapper: Path,
+    verity: Verity,
+    root: Path,
+    signify: list[PurePosixPath],
+    board: str,
+    interface: str,
+) -> bytes:
+    """The initramfs a netbooted board runs (initrd-net.zst): the disk one, plus what it
+    takes to fetch the rootfs and the signed manifest over TFTP and check them before
+    use. ``root`` is the staged root filesystem the pinned keys and ``signify`` (the
+    signify program with its loader and libraries, image paths) are copied from;
+    ``modules`` includes the network driver's and loop's."""
+    entries = _entries(busybox, modules, mapper=mapper, verity=verity)
+    entries.append(cpio.file("bin/netboot-root", NETBOOT.read_bytes(), executable=True))
+    entries.append(cpio.file("etc/netboot", f"board={board}\ninterface={interface}\n".encode()))
+    names = [
+        *NETBOOT_TRUST,
+        *sorted(str(p.relative_to(root)) for p in (root / "etc/fleet/keys").glob("*.pub")),
+    ]
+    made = {e.path for e in entries}
+    for name in [*names, *(str(p) for p in sorted(signify))]:
+        parts = PurePosixPath(name).parts
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder not in made:
+                entries.append(cpio.directory(folder))
+                made.add(folder)
+        source = root / name
+        if source.is_symlink():
+            entries.append(cpio.symlink(name, os.readlink(source)))
+        else:
+            entries.append(cpio.file(name, source.read_bytes(), os.access(source, os.X_OK)))
+        made.add(name)
     return compress(cpio.archive(entries, mtime=mtime))
 
 

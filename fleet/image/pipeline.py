@@ -9,7 +9,7 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fleet import __version__
@@ -31,7 +31,7 @@ from fleet.image import (
     wireless,
 )
 from fleet.image.app import DEFAULT_EPOCH, build_app, source_files
-from fleet.image.elf import check_tree
+from fleet.image.elf import check_tree, needed_closure
 from fleet.project import Project
 from fleet.release import Health, Manifest, Payload, write_manifest
 
@@ -162,6 +162,12 @@ def build(
     boot_files = _boot_files(
         work, profile, ktree, roots, boot_modules, mtime, mapper=mapper, root_verity=root_verity
     )
+    if profile.boot_method == "uboot-ab":
+        boot_files.update(
+            _netboot_files(
+                work / "boot", profile, ktree, roots, staged.root, mtime, mapper, root_verity
+            )
+        )
     payloads.make_fat(boot_img, boot_files, "FLEETSLOT", mtime)
 
     step("release")
@@ -297,6 +303,42 @@ def _boot_files(
             (folder / name).write_text(text)
             files[name] = folder / name
     return files
+
+
+def _netboot_files(
+    folder: Path,
+    profile: BoardProfile,
+    ktree: kernel.KernelTree,
+    roots: dict[str, Path],
+    staged_root: Path,
+    mtime: int,
+    mapper: Path,
+    root_verity: verity.Verity,
+) -> dict[str, Path]:
+    """What U-Boot and the board fetch from `fleet serve` to run this slot from the
+    network (docs/netboot.md): boot.scr.uimg and the netboot initramfs. In the slot's
+    boot payload, so the netboot tree is the signed release's bytes."""
+    names = [*profile.kernel.boot_modules, *profile.network.modules, "loop"]
+    signify = PurePosixPath("bin/signify-openbsd")
+    closure = needed_closure(staged_root, [staged_root / str(signify)], profile.arch)
+    initrd = folder / bootscript.NETBOOT_INITRD
+    initrd.write_bytes(
+        initramfs.build_netboot_initramfs(
+            roots["busybox-static"] / "bin/busybox",
+            kernel.resolve_modules(ktree, names),
+            mtime,
+            mapper=mapper,
+            verity=root_verity,
+            root=staged_root,
+            signify=[signify, *closure],
+            board=profile.name,
+            interface=profile.network.interface,
+        )
+    )
+    script = bootscript.make_uboot_script(
+        folder, bootscript.netboot_script_text(profile), bootscript.NETBOOT_SCRIPT
+    )
+    return {bootscript.NETBOOT_INITRD: initrd, bootscript.NETBOOT_SCRIPT: script}
 
 
 def _firmware_files(folder: Path, profile: BoardProfile, roots: dict[str, Path]) -> dict[str, Path]:

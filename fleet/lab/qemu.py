@@ -9,7 +9,13 @@ from pathlib import Path
 
 from fleet.boards import BoardProfile
 from fleet.errors import LabError, ProgramError
-from fleet.image.bootscript import BOOTDELAY, RUN_BOOT_SCR, boot_disk_env, uboot_env_blob
+from fleet.image.bootscript import (
+    BOOTDELAY,
+    RUN_BOOT_SCR,
+    RUN_NETBOOT_SCR,
+    boot_disk_env,
+    uboot_env_blob,
+)
 from fleet.lab.state import Board, Extract, kill
 from fleet.run import run
 
@@ -79,14 +85,23 @@ def flash_env_image(board_dir: Path) -> Path:
     return board_dir / "uboot-env.img"
 
 
-def write_flash_env(profile: BoardProfile, board_dir: Path, bios: Path, bootdelay: int = 0) -> None:
+def write_flash_env(
+    profile: BoardProfile,
+    board_dir: Path,
+    bios: Path,
+    bootdelay: int = 0,
+    netboot: tuple[str, ...] = (),
+) -> None:
     """Write the board's U-Boot environment bank (at every power-on: ``bootdelay`` > 0
-    gives a person time to stop U-Boot at its prompt from the console)."""
+    gives a person time to stop U-Boot at its prompt from the console). ``netboot``
+    (NAME=VALUE items: ipaddr, serverip, ...) makes it a netbooting board: its bootcmd
+    runs the server's boot.scr.uimg, as a user's U-Boot environment would."""
     assert profile.qemu is not None and profile.bootloader is not None
     _, bank, size = FLASH_ENV[profile.qemu.machine]
-    bootcmd = f"bootcmd=pci enum; virtio scan; {RUN_BOOT_SCR}; run distro_bootcmd"
+    run_script = RUN_NETBOOT_SCR if netboot else f"virtio scan; {RUN_BOOT_SCR}"
+    bootcmd = f"bootcmd=pci enum; {run_script}; run distro_bootcmd"
     delay = BOOTDELAY if bootdelay <= 0 else f"bootdelay={bootdelay}"
-    overrides = [*profile.bootloader.env, *boot_disk_env(profile), delay, bootcmd]
+    overrides = [*profile.bootloader.env, *boot_disk_env(profile), *netboot, delay, bootcmd]
     names = {item.split("=", 1)[0] for item in overrides}
     items = [i for i in default_env(bios) if i.split("=", 1)[0] not in names] + overrides
     with open(flash_env_image(board_dir), "wb") as handle:
