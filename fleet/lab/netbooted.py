@@ -56,16 +56,18 @@ def board_argv(
     folder: Path,
     disk: Path,
     uboot_env: tuple[str, ...] = (),
+    bootcmd: str | None = None,
 ) -> list[str]:
     """QEMU for a netbooting ``profile`` board (a QEMU virt one: U-Boot from -bios, its
     environment in flash) with ``disk`` attached, console to folder/console.log. The
-    U-Boot environment gets the board's and server's addresses and ``uboot_env``."""
+    U-Boot environment gets the board's and server's addresses and ``uboot_env``;
+    ``bootcmd``, if given, runs after ``pci enum`` instead of the netboot."""
     bios_args, _ = qemu.loader_files(profile, folder)
     bios = qemu.flash_env_bios(profile, bios_args)
     if profile.qemu is None or bios is None:
         raise LabError(f"board {profile.name} cannot netboot in the lab (no U-Boot in flash)")
     addresses = (f"ipaddr={BOARD}", f"serverip={SERVER}", f"netmask={NETMASK}")
-    qemu.write_flash_env(profile, folder, bios, netboot=(*addresses, *uboot_env))
+    qemu.write_flash_env(profile, folder, bios, netboot=(*addresses, *uboot_env), bootcmd=bootcmd)
     unit = qemu.FLASH_ENV[profile.qemu.machine][0]
     argv = [qemu.QEMU[profile.arch], "-M", profile.qemu.machine, "-m", str(profile.qemu.memory_mib)]
     if profile.qemu.cpu:

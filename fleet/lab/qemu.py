@@ -91,15 +91,17 @@ def write_flash_env(
     bios: Path,
     bootdelay: int = 0,
     netboot: tuple[str, ...] = (),
+    bootcmd: str | None = None,
 ) -> None:
     """Write the board's U-Boot environment bank (at every power-on: ``bootdelay`` > 0
     gives a person time to stop U-Boot at its prompt from the console). ``netboot``
     (NAME=VALUE items: ipaddr, serverip, ...) makes it a netbooting board: its bootcmd
-    runs the server's boot.scr.uimg, as a user's U-Boot environment would."""
+    runs the server's boot.scr.uimg, as a user's U-Boot environment would; ``bootcmd``
+    replaces the bootcmd (a benchmark's commands)."""
     assert profile.qemu is not None and profile.bootloader is not None
     _, bank, size = FLASH_ENV[profile.qemu.machine]
     run_script = RUN_NETBOOT_SCR if netboot else f"virtio scan; {RUN_BOOT_SCR}"
-    bootcmd = f"bootcmd=pci enum; {run_script}; run distro_bootcmd"
+    bootcmd = f"bootcmd=pci enum; {bootcmd or f'{run_script}; run distro_bootcmd'}"
     delay = BOOTDELAY if bootdelay <= 0 else f"bootdelay={bootdelay}"
     overrides = [*profile.bootloader.env, *boot_disk_env(profile), *netboot, delay, bootcmd]
     names = {item.split("=", 1)[0] for item in overrides}
