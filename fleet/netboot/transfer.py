@@ -56,6 +56,10 @@ class Transfer:
         self.sent = max(self.sent, last)
         return out
 
+    def lockstep(self) -> bool:
+        """Window 1, past the OACK, every block sent acknowledged but the last."""
+        return self.window == 1 and self.started and self.sent == self.acked + 1
+
     # ------------------------------------------------------------- what comes in
 
     def on_ack(self, number: int) -> list[tuple[bytes, memoryview]]:
