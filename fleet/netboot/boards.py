@@ -10,7 +10,7 @@ The map is TOML::
     [[board]]
     name = "kiosk-01"               # also its hostname unless hostname is given
     serial = "10000000a1b2c3d4"     # and/or mac = "dc:a6:32:01:36:c2", address = "192.0.2.10"
-    release = "out/release-2"
+    release = "out/release-2"       # or prefix = "lab/kiosk-01/" (TFTP_PREFIX=1's string)
 
 A board's tree is its release's tree with its settings where a card's first partition
 has them (``fleet/hostname``, ``fleet/authorized_keys``), as ``fleet flash`` writes
@@ -26,6 +26,7 @@ from pathlib import Path
 from fleet.errors import ConfigError
 from fleet.netboot import packets
 from fleet.netboot.layouts import ROM_FILES, mac_folder, serial_folder, split_board
+from fleet.netboot.paths import BadPath, clean
 from fleet.netboot.server import Refusal
 from fleet.netboot.tree import Tree, load_release, make_tree
 from fleet.provision.values import check_hostname, read_key_file
@@ -42,6 +43,7 @@ class Board:
     serial: str | None = None  # its TFTP folder: low 8 hex digits
     mac: str | None = None  # dc-a6-32-01-36-c2
     address: str | None = None
+    prefix: str | None = None  # TFTP_PREFIX_STR, lower case, ending in "/"
 
 
 @dataclass
@@ -54,12 +56,29 @@ class BoardMap:
         self.by_serial = {b.serial: b for b in self.boards if b.serial}
         self.by_mac = {b.mac: b for b in self.boards if b.mac}
         self.by_address = {b.address: b for b in self.boards if b.address}
+        # longest first: "lab/a/" is not taken for "lab/a/b/"'s board
+        self.by_prefix = sorted(
+            ((b.prefix, b) for b in self.boards if b.prefix), key=lambda p: -len(p[0])
+        )
+
+    def _prefixed(self, path: str) -> tuple[Board, str] | None:
+        folded = path.lower()
+        for prefix, board in self.by_prefix:
+            if folded.startswith(prefix):
+                return board, path[len(prefix) :]
+        return None
 
     def resolve(self, ip: str, path: str) -> tuple[str, bytes]:
-        kind, key, rest = split_board(path)
-        board: Board | None
+        board: Board | None = None
+        prefixed = self._prefixed(path)
+        if prefixed is not None:
+            kind, key = "prefix", None
+            board, rest = prefixed
+        else:
+            kind, key, rest = split_board(path)  # type: ignore[assignment]
         if kind is not None:
-            board = (self.by_serial if kind == "serial" else self.by_mac).get(key or "")
+            if board is None:
+                board = (self.by_serial if kind == "serial" else self.by_mac).get(key or "")
             if board is None:
                 # a Pi 4 then asks at the root: answered there if its address is known
                 raise Refusal(packets.NOT_FOUND, f"unknown board {kind} {key}")
@@ -108,10 +127,13 @@ def load_map(path: Path, trust: TrustSet) -> BoardMap:
         serial = entry.opt_str("serial")
         mac = entry.opt_str("mac")
         address = entry.opt_str("address")
+        prefix = _prefix(entry, entry.opt_str("prefix"))
         hostname = check_hostname(entry.str("hostname", name), f"{path}: {entry.prefix}hostname")
         keys = entry.str_list("authorized_keys", default_keys)
         entry.reject_unknown()
-        ids = _identity(entry, serial, mac, address)
+        ids = _identity(entry, serial, mac, address) if prefix is None else [f"prefix {prefix}"]
+        if prefix is not None and (serial or mac or address):
+            raise entry.error("prefix", "a board with a prefix is known by it alone")
         for ident in ids:
             if ident in seen:
                 raise entry.error(ident.split(" ", 1)[0], f"{ident} is also {seen[ident]}")
@@ -128,12 +150,27 @@ def load_map(path: Path, trust: TrustSet) -> BoardMap:
                 serial_folder(serial) if serial else None,
                 mac_folder(mac) if mac else None,
                 address,
+                prefix,
             )
         )
     doc.reject_unknown()
     if not boards:
         raise ConfigError(f"{path}: no [[board]] entries")
     return BoardMap(boards)
+
+
+def _prefix(entry: Table, prefix: str | None) -> str | None:
+    """TFTP_PREFIX=1's string (the bootloader puts it as it is before each file name):
+    a folder path such as ``lab/kiosk-01/``, with nothing a path may not hold."""
+    if prefix is None:
+        return None
+    if not prefix.endswith("/") or prefix.startswith("/"):
+        raise entry.error("prefix", f"{prefix!r} must be a folder path ending in '/' (lab/pi4-a/)")
+    try:
+        clean(prefix[:-1])
+    except BadPath as exc:
+        raise entry.error("prefix", f"{prefix!r}: {exc}") from None
+    return prefix.lower()
 
 
 def _identity(entry: Table, serial: str | None, mac: str | None, address: str | None) -> list[str]:
@@ -153,5 +190,5 @@ def _identity(entry: Table, serial: str | None, mac: str | None, address: str | 
             raise entry.error("address", f"{address!r} is not an IPv4 address") from None
         ids.append(f"address {address}")
     if not ids:
-        raise entry.error("serial", "a board needs a serial, mac or address")
+        raise entry.error("serial", "a board needs a serial, mac, address or prefix")
     return ids

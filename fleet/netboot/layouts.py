@@ -6,8 +6,9 @@ TFTP_PREFIX):
   ``<serial>/start.elf`` and everything after it from the serial folder;
 * Pi 4 and 5 EEPROM bootloader, ``TFTP_PREFIX=0`` (the default): ``<serial>/`` with the
   serial's low 8 hex digits (the ``10000000`` above them in /proc/cpuinfo is not part of it);
-  ``TFTP_PREFIX=2``: the MAC address as ``dc-a6-32-01-36-c2/``; with no start file in
-  that folder the bootloader drops the prefix and asks at the root;
+  ``TFTP_PREFIX=1``: ``TFTP_PREFIX_STR`` as it is (a folder such as ``lab/pi4-a/``: the map
+  names it, boards.py); ``TFTP_PREFIX=2``: the MAC address as ``dc-a6-32-01-36-c2/``; with
+  no start file in that folder the bootloader drops the prefix and asks at the root;
 * U-Boot's ``tftpboot``: paths with no board folder, told apart by the client's address.
 """
 

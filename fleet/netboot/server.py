@@ -132,6 +132,9 @@ class TftpServer:
         except Refusal as exc:
             self._refuse(client, exc.code, str(exc), request.name)
             return
+        except Exception as exc:  # a fault in fleet must not stop every other board's boot
+            self._refuse(client, packets.NOT_DEFINED, f"internal error ({exc!r})", request.name)
+            return
         options = negotiate(request.options, len(data), self.max_blksize)
         try:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -72,7 +72,8 @@ def write_map(base: Path, first_hostname: str) -> None:
         f'[[board]]\nname = "pi4-a"\nserial = "10000000a1b2c3d4"\nhostname = "{first_hostname}"\n\n'
         '[[board]]\nname = "pi4-b"\nmac = "dc:a6:32:01:36:c2"\nrelease = "r2"\n\n'
         '[[board]]\nname = "pi3"\nserial = "00c0ffee"\n\n'
-        '[[board]]\nname = "uboot"\naddress = "127.0.0.2"\nrelease = "r2"\n'
+        '[[board]]\nname = "uboot"\naddress = "127.0.0.2"\nrelease = "r2"\n\n'
+        '[[board]]\nname = "pi4-c"\nprefix = "lab/Pi4-C/"\nrelease = "r2"\n'
     )
 
 
@@ -80,7 +81,7 @@ def write_map(base: Path, first_hostname: str) -> None:
 def server(lab: Path) -> Iterator[Served]:
     served = start(
         lab,
-        "serving 4 boards",
+        "serving 5 boards",
         "--map",
         str(lab / "boards.toml"),
         "--trust",
@@ -105,6 +106,23 @@ def error(server: Served, name: str, source: str = "127.0.0.1") -> tuple[int, st
     c.close()
     assert reply.error is not None, name
     return reply.error
+
+
+def test_pi4_sequence_under_a_fixed_prefix_then_at_the_root(server: Served) -> None:
+    # TFTP_PREFIX=1, TFTP_PREFIX_STR=lab/Pi4-C/ (matched whatever its case); once the
+    # board has named itself, its requests at the root are its own too.
+    c = Client(server.port)
+    probe = c.fetch("lab/Pi4-C/start4.elf", {"tsize": "0"}, abort_after_oack=True)
+    assert probe.oack["tsize"] == str(len(b"pi4 start v2"))
+    got = {n: c.fetch(f"lab/Pi4-C/{n}").data for n in ("config.txt", "start4.elf", "Image")}
+    assert got["start4.elf"] == b"pi4 start v2" and got["Image"] == b"v2" * 5000
+    assert c.fetch("fixup4.dat").data == b"fixup v2"
+    c.close()
+    assert get(server, "lab/pi4-c/fleet/hostname") == b"pi4-c\n"
+    # Not a board's prefix: a file its tree lacks, and from any other address, no board.
+    assert error(server, "lab/pi4-d/start4.elf")[0] == 1
+    assert error(server, "lab/pi4-d/start4.elf", source="127.0.0.3")[0] == 2
+    assert "board=pi4-c file=fixup4.dat" in server.wait_for_log("file=fixup4.dat")
 
 
 def test_pi4_sequence_in_its_serial_folder(server: Served) -> None:
@@ -171,7 +189,13 @@ def test_a_broken_map_on_reload_keeps_the_old_one(server: Served, lab: Path) -> 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[[board]]\nname = "a"\nrelease = "r1"\n', "needs a serial, mac or address"),
+        ('[[board]]\nname = "a"\nrelease = "r1"\n', "needs a serial, mac, address or prefix"),
+        ('[[board]]\nname = "a"\nprefix = "lab/a"\nrelease = "r1"\n', "ending in '/'"),
+        ('[[board]]\nname = "a"\nprefix = "lab/../a/"\nrelease = "r1"\n', "lab/../a/"),
+        (
+            '[[board]]\nname = "a"\nprefix = "a/"\nserial = "00c0ffee"\nrelease = "r1"\n',
+            "known by it alone",
+        ),
         ('[[board]]\nname = "a"\nserial = "00c0ffee"\n', "no [defaults] release"),
         (
             '[[board]]\nname = "a"\nserial = "00c0ffee"\nrelease = "r1"\n'
