@@ -1,13 +1,18 @@
 """The TFTP server's pure parts: path checks, option negotiation, the transfer state
-machine (windows, lost blocks, duplicates, rollover, retries)."""
+machine (windows, lost blocks, duplicates, rollover, retries), and the server going on
+past a fault in one request."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
+from fleet.netboot import packets
 from fleet.netboot.layouts import mac_folder, serial_folder, split_board
 from fleet.netboot.options import negotiate
 from fleet.netboot.paths import BadPath, clean
+from fleet.netboot.server import TftpServer
 from fleet.netboot.transfer import MAX_RETRIES, Transfer
 
 pytestmark = pytest.mark.unit
@@ -137,3 +142,32 @@ def test_serial_and_mac_folders() -> None:
     assert serial_folder("c0ffee") is None
     assert mac_folder("DC:A6:32:01:36:C2") == "dc-a6-32-01-36-c2"
     assert mac_folder("dc:a6:32:01:36") is None
+
+
+def test_a_fault_while_resolving_one_request_is_refused_and_the_server_goes_on() -> None:
+    calls: list[str] = []
+
+    def resolve(ip: str, path: str) -> tuple[str, bytes]:
+        calls.append(path)
+        if path == "bad":
+            raise RuntimeError("a bug")
+        return "board", b"ok"
+
+    logged: list[str] = []
+    server = TftpServer(resolve, "127.0.0.1", 0, log=logged.append)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(5)
+    try:
+        answers = []
+        for name in (b"bad", b"good"):
+            client.sendto(b"\0\1" + name + b"\0octet\0", ("127.0.0.1", server.port))
+            server.step(1.0)
+            answers.append(client.recvfrom(600)[0])
+        assert answers[0][:4] == packets.HEADER.pack(packets.ERROR, packets.NOT_DEFINED)
+        assert b"internal error" in answers[0]
+        assert answers[1] == packets.HEADER.pack(packets.DATA, 1) + b"ok"
+        assert calls == ["bad", "good"]
+        assert "'bad' refused: internal error (RuntimeError('a bug'))" in logged[0]
+    finally:
+        client.close()
+        server.close()
