@@ -67,6 +67,9 @@ class Storage:
 class Network:
     interface: str
     modules: tuple[str, ...]
+    # What the netboot initramfs loads to reach the network (with their dependencies):
+    # the NIC's driver, and a USB NIC's host controller, which no driver depends on.
+    netboot_modules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,9 @@ def load_profile(path: Path) -> BoardProfile:
         network=Network(
             interface=network.str("interface"),
             modules=tuple(network.str_list("modules", default=[])),
+            netboot_modules=tuple(
+                network.str_list("netboot_modules", default=network.str_list("modules", default=[]))
+            ),
         ),
         watchdog_module=top.table("watchdog", required=False).opt_str("module"),
         usb_ids=tuple(_usb_ids(top)),

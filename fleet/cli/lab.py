@@ -437,3 +437,62 @@ def inventory(
     else:
         atomic.write_text(out_file, text)
         note(f"wrote {out_file}")
+
+
+@app.command("netboot")
+def netboot(
+    release: Annotated[
+        Path, typer.Argument(help="Release folder to serve (fleet build's out/release).")
+    ],
+    trust: Annotated[
+        Path, typer.Option("--trust", help="What fleet serve trusts (.pub or trust folder).")
+    ],
+    board: Annotated[
+        str, typer.Option("--board", help="Virtual board profile.")
+    ] = "qemu-virt-arm64",
+    disk_image: Annotated[
+        Path | None,
+        typer.Option("--disk", help="A disk image for the board (a copy): shown never written."),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=10, help="Seconds from power-on to a healthy app.")
+    ] = 240,
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Netboot a virtual board from `fleet serve` and check the app comes up.
+
+    A network namespace with a tap device (192.0.2.0/24) holds fleet serve and the board:
+    its U-Boot fetches boot.scr.uimg, the kernel and the netboot initramfs, which fetches
+    the rootfs and the signed manifest, checks them with the keys the release pins and runs
+    the root from RAM. Prints the app's /version, what was fetched and whether the disk was
+    written; the console and server logs stay in the lab's netboot/ folder. Needs root.
+
+    Example: fleet lab netboot out/release --trust keys/release.pub --disk out/disk.img
+    """
+    from fleet.boards import get_profile
+    from fleet.lab.netboot_run import netboot as run_netboot
+
+    profile = get_profile(board)
+    if profile.qemu is None:
+        raise UsageError(f"board {board} is not virtual (its profile has no [qemu] table)")
+    if disk_image is not None and not disk_image.is_file():
+        raise UsageError(f"{disk_image}: no such disk image")
+    result = run_netboot(profile, release, trust, disk_image, timeout, progress=note)
+    if json_out:
+        print_json(result.to_json())
+    else:
+        for item in result.fetched:
+            out.print(
+                f"  fetched {item.file}: {item.bytes} bytes in {item.seconds:.2f} s "
+                f"({item.rate_mib_s:.1f} MiB/s)"
+            )
+        disk = "untouched" if result.disk_unchanged else "WRITTEN"
+        if result.ok:
+            out.print(
+                f"netbooted {board} in {result.seconds:.1f} s: app /version {result.version}; "
+                f"disk {disk}; logs in {result.folder}"
+            )
+    if not result.ok:
+        raise LabError(f"netboot failed: {result.failure} (logs in {result.folder})")
+    if not result.disk_unchanged:
+        raise LabError(f"the netbooted board wrote its disk (logs in {result.folder})")

@@ -318,7 +318,7 @@ def _netboot_files(
     """What U-Boot and the board fetch from `fleet serve` to run this slot from the
     network (docs/netboot.md): boot.scr.uimg and the netboot initramfs. In the slot's
     boot payload, so the netboot tree is the signed release's bytes."""
-    names = [*profile.kernel.boot_modules, *profile.network.modules, "loop"]
+    names = [*profile.kernel.boot_modules, *profile.network.netboot_modules, "loop"]
     signify = PurePosixPath("bin/signify-openbsd")
     closure = needed_closure(staged_root, [staged_root / str(signify)], profile.arch)
     initrd = folder / bootscript.NETBOOT_INITRD
