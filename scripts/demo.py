@@ -1,9 +1,9 @@
 """`make demo`: the main job end to end on the virtual lab, with the fleet command as a
 user types it: build the example app for ARM, sign it, flash it onto three cards at once
-(loop devices), flash and boot a virtual board,
-update it A/B to a new release, push a broken release and watch the automatic rollback,
-roll the release out to simulated boards in waves, and publish it for simulated boards
-that pull it themselves from a folder behind nginx.
+(loop devices), flash and boot a virtual board, update it A/B to a new release, push a
+broken release and watch the automatic rollback, netboot the new release on a second
+virtual board from `fleet serve`, roll the release out to simulated boards in waves, and
+publish it for simulated boards that pull it themselves from a folder behind nginx.
 Each step prints its command; a short summary closes the run.
 
 Work goes to out/demo/ (keys, app copy, builds); the demo board stays up afterwards so
@@ -186,9 +186,32 @@ def main() -> None:
     update("push the broken release", release3, expect=10)
     version = http_get(board["app_port"], "/version")
     summary.append(("app answers after the rollback", "ok", f"/version {version}"))
+    netboot(release2)
     rollout(release2)
     pull(release2)
     finish(0)
+
+
+def netboot(release: Path) -> None:
+    """2.0.0 netbooted on a second virtual board whose disk holds 1.0.0: the app it runs
+    came over TFTP, was checked by the board, and its disk is shown untouched."""
+    proc = step(
+        "netboot 2.0.0 on a board whose disk holds 1.0.0",
+        "lab",
+        "netboot",
+        release,
+        "--trust",
+        WORK / "keys" / "release.pub",
+        "--disk",
+        WORK / "v1" / "disk.img",
+        "--json",
+        json_out=True,
+    )
+    result = json.loads(proc.stdout)
+    disk = "untouched" if result["disk_unchanged"] else "WRITTEN"
+    detail = f"/version {result['version']} in {result['seconds']} s, disk {disk}"
+    summary.append(("netbooted board's app", "ok", detail))
+    print(f"netbooted board: {detail}")
 
 
 SIMS = 8
