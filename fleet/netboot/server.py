@@ -9,6 +9,7 @@ the bytes, or a Refusal; the server itself never touches the file system."""
 from __future__ import annotations
 
 import contextlib
+import math
 import select
 import socket
 import time
@@ -65,7 +66,8 @@ class TftpServer:
         # epoll itself, not selectors: one packet per wake-up in lock-step, and the
         # selectors layer's bookkeeping was a measurable share of each one
         self.poll = select.epoll()
-        self.poll.register(self.sock.fileno(), select.EPOLLIN)
+        self.main_fd = self.sock.fileno()
+        self.poll.register(self.main_fd, select.EPOLLIN)
         self.active: dict[int, _Active] = {}
         self.stopping = False
         self.transfers = 0  # finished, for tests and the summary
@@ -76,22 +78,27 @@ class TftpServer:
         self.stopping = True
 
     def step(self, longest: float) -> None:
-        now = self.clock()
+        # Called once per datagram in lock-step: it does no more than it must per wake.
+        active = self.active
         wait = longest
-        for a in self.active.values():
-            wait = min(wait, max(0.0, a.deadline - now))
-        main = self.sock.fileno()
+        soonest = math.inf
+        if active:
+            soonest = min(a.deadline for a in active.values())
+            wait = min(longest, max(0.0, soonest - self.clock()))
+        main = self.main_fd
         for fd, _ in self.poll.poll(wait):
             if fd == main:
                 self._request()
             else:
-                found = self.active.get(fd)
+                found = active.get(fd)
                 if found is not None:
                     self._reply(found)
-        now = self.clock()
-        for a in [a for a in self.active.values() if a.deadline <= now]:
-            self._send(a, a.transfer.on_timeout())
-            self._settle(a)
+        # Deadlines only move later, and a new transfer's is a timeout away: nothing is
+        # due before the soonest one seen above.
+        if active and (now := self.clock()) >= soonest:
+            for a in [a for a in active.values() if a.deadline <= now]:
+                self._send(a, a.transfer.on_timeout())
+                self._settle(a)
 
     def close(self) -> None:
         for a in list(self.active.values()):
