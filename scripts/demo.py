@@ -50,7 +50,7 @@ def step(
     return proc
 
 
-def build(title: str, app: Path, out: str) -> Path:
+def build(title: str, app: Path, out: str, *extra: str) -> Path:
     """`fleet build` of ``app`` for the demo board, signed; returns its release folder."""
     step(
         title,
@@ -65,6 +65,7 @@ def build(title: str, app: Path, out: str) -> Path:
         WORK / "keys" / "release.sec",
         # A development image, so that `fleet lab ssh demo` gets a shell afterwards.
         "--dev",
+        *extra,
     )
     return WORK / out / "release"
 
@@ -175,7 +176,8 @@ def main() -> None:
     summary.append(("app answers on the board", "ok", f"/version {version}, /health {health}"))
     print(f"\napp on the board: /version -> {version}, /health -> {health}")
 
-    release2 = build("build hello-c 2.0.0", app_copy("2.0.0", 2), "v2")
+    # --netboot: 2.0.0 is also netbooted on a second board below.
+    release2 = build("build hello-c 2.0.0, netbootable", app_copy("2.0.0", 2), "v2", "--netboot")
     update("update the board to 2.0.0 (A/B)", release2, expect=0)
     version = http_get(board["app_port"], "/version")
     summary.append(("app answers after the update", "ok", f"/version {version}"))

@@ -42,6 +42,12 @@ def build(
         help="A development image: besides the agent's key, boards also let in shell keys "
         "(fleet lab ssh). Production images (the default) carry no way to a shell.",
     ),
+    netboot: bool = typer.Option(
+        False,
+        "--netboot",
+        help="Also make the release netbootable (U-Boot boards): boot.scr.uimg and "
+        "initrd-net.zst in its boot payload, 1.9 MB more in every update (docs/netboot.md).",
+    ),
     release_number: int | None = typer.Option(
         None,
         "--release-number",
@@ -90,7 +96,14 @@ def build(
                 note(f"build: {name}")
 
         result = run_build(
-            project, profile, out_dir, key=key, trust=trust, development=development, step=step
+            project,
+            profile,
+            out_dir,
+            key=key,
+            trust=trust,
+            development=development,
+            netboot=netboot,
+            step=step,
         )
         progress.update(task, completed=len(STEPS), description="build: done")
     seconds = time.monotonic() - started

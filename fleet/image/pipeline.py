@@ -75,6 +75,7 @@ def build(
     key: Path | None = None,
     trust: Path | None = None,
     development: bool = False,
+    netboot: bool = False,
     step: Callable[[str], None] = lambda name: None,
 ) -> BuildResult:
     """Build the release and disk image into ``out``.
@@ -83,6 +84,9 @@ def build(
     image's board will trust; without it the board trusts ``key``'s public key, and
     with neither it trusts nothing and refuses every update until re-flashed.
     ``development`` makes an image that also takes shell keys (see rootfs.assemble).
+    ``netboot`` adds what a U-Boot board needs to run the release over the network
+    (boot.scr.uimg and initrd-net.zst, docs/netboot.md) to the boot payload: 1.9 MB
+    that every update then carries too, so only when asked.
     """
     mtime = epoch()
     out = out.resolve()
@@ -162,7 +166,12 @@ def build(
     boot_files = _boot_files(
         work, profile, ktree, roots, boot_modules, mtime, mapper=mapper, root_verity=root_verity
     )
-    if profile.boot_method == "uboot-ab":
+    if netboot:
+        if profile.boot_method != "uboot-ab":
+            raise BuildError(
+                f"board {profile.name} boots by {profile.boot_method}: --netboot is for "
+                "U-Boot boards (uboot-ab) only (docs/netboot.md)"
+            )
         boot_files.update(
             _netboot_files(
                 work / "boot", profile, ktree, roots, staged.root, mtime, mapper, root_verity
@@ -184,7 +193,11 @@ def build(
         health=Health(
             project.health.http, project.health.command, project.port, project.health.timeout_s
         ),
-        inputs={**_inputs(project, profile, debs), "development": development},
+        inputs={
+            **_inputs(project, profile, debs),
+            "development": development,
+            **({"netboot": True} if netboot else {}),
+        },
         verity=root_verity,
     )
     write_manifest(release_tmp, manifest)

@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleet.boards import BoardProfile
-from fleet.errors import LabError
+from fleet.errors import LabError, UsageError
+from fleet.lab.disk import MTOOLS_ENV
 from fleet.lab.netbooted import BOARD, SERVER, NetLab, board_argv
 from fleet.lab.state import lab_root
-from fleet.release import load_manifest
+from fleet.release import Payload, load_manifest
+from fleet.run import run
 
 # A user's U-Boot for a fast netboot: Ethernet-frame blocks, and windowsize (RFC 7440) so
 # U-Boot does not wait for each block's ACK (docs/netboot.md has the figures).
@@ -100,6 +102,8 @@ def netboot(
     ``trust``) and return what happened; the app's version is asked over the namespace's
     network once it is healthy."""
     manifest = load_manifest(release)  # fleet serve checks the signatures; this is the port
+    if not _netbootable(release, manifest.payloads):
+        raise UsageError(f"{release}: not netbootable (build it with fleet build --netboot)")
     folder = lab_root() / "netboot"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -156,6 +160,14 @@ def netboot(
     result.fetched = _fetched(_read(serve_log))
     result.disk_unchanged = _sha256(board_disk) == before
     return result
+
+
+def _netbootable(release: Path, payloads: tuple[Payload, ...]) -> bool:
+    boot = next((p for p in payloads if p.name == "boot"), None)
+    if boot is None:
+        return False
+    listing = run(["mdir", "-b", "-i", release / boot.file, "::/"], env=MTOOLS_ENV, check=False)
+    return b"::/boot.scr.uimg" in listing.stdout
 
 
 def _outcome(console: str) -> str | None:

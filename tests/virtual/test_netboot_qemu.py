@@ -26,21 +26,40 @@ import pytest
 from fleet.boards import get_profile
 from fleet.lab.netboot_run import UBOOT_TFTP
 from fleet.lab.netbooted import SERVER, NetLab, board_argv
-from tests.conftest import NEEDS_QEMU, Built, fleet
+from tests.conftest import NEEDS_QEMU, Built, copy_example, fleet
 
 pytestmark = [pytest.mark.virtual, NEEDS_QEMU]
 
 
-def test_netbooted_board_runs_the_served_release_from_ram_and_never_writes_its_disk(
-    hello_virt: Built, hello_v2_virt: Path
+@pytest.fixture(scope="module")
+def netboot_v2(tmp_path_factory: pytest.TempPathFactory, hello_virt: Built) -> Path:
+    """hello-c 2.0.0 (release 2) built with --netboot, signed by hello_virt's key."""
+    base = tmp_path_factory.mktemp("netboot-v2")
+    app = copy_example("hello-c", base / "app", version="2.0.0", release=2,
+                       lock_from=hello_virt.app)
+    fleet("build", "--board", "qemu-virt-arm64", "--project", app, "--out", base / "out",
+          "--key", hello_virt.key, "--netboot")
+    return base / "out" / "release"
+
+
+def test_a_release_built_without_netboot_is_refused_before_anything_starts(
+    hello_virt: Built,
 ) -> None:
-    proc = fleet("lab", "netboot", hello_v2_virt, "--trust", hello_virt.pub,
+    proc = fleet("lab", "netboot", hello_virt.release, "--trust", hello_virt.pub, check=False)
+    assert proc.returncode == 2
+    assert "not netbootable (build it with fleet build --netboot)" in proc.stderr
+
+
+def test_netbooted_board_runs_the_served_release_from_ram_and_never_writes_its_disk(
+    hello_virt: Built, netboot_v2: Path
+) -> None:
+    proc = fleet("lab", "netboot", netboot_v2, "--trust", hello_virt.pub,
                  "--disk", hello_virt.disk, "--json")
     result = json.loads(proc.stdout)
     assert result["ok"] and result["version"] == "2.0.0", result
     assert result["disk_unchanged"] is True
     fetched = {item["file"]: item["bytes"] for item in result["fetched"]}
-    release = {name: (hello_v2_virt / name).stat().st_size
+    release = {name: (netboot_v2 / name).stat().st_size
                for name in ("manifest.json", "rootfs.squashfs")}
     assert fetched["release/manifest.json"] == release["manifest.json"]
     assert fetched["release/rootfs.squashfs"] == release["rootfs.squashfs"]
@@ -52,13 +71,13 @@ def test_netbooted_board_runs_the_served_release_from_ram_and_never_writes_its_d
 
 
 def test_a_release_the_board_does_not_pin_is_refused_by_the_board_itself(
-    tmp_path: Path, hello_virt: Built, hello_v2_virt: Path
+    tmp_path: Path, hello_virt: Built, netboot_v2: Path
 ) -> None:
     # The release re-signed by a key the server trusts and the board does not.
     other = tmp_path / "keys"
     fleet("keys", "generate", "--out", other, "--name", "other")
     forged = tmp_path / "forged"
-    shutil.copytree(hello_v2_virt, forged)
+    shutil.copytree(netboot_v2, forged)
     shutil.rmtree(forged / "signatures")
     fleet("sign", forged, "--key", other / "other.sec")
     proc = fleet("lab", "netboot", forged, "--trust", other / "other.pub",
@@ -85,13 +104,13 @@ def test_a_release_the_board_does_not_pin_is_refused_by_the_board_itself(
     ],
 )
 def test_rootfs_bytes_from_a_rogue_server_are_refused_by_the_board(
-    tmp_path: Path, hello_virt: Built, change: str, message: str
+    tmp_path: Path, netboot_v2: Path, change: str, message: str
 ) -> None:
     tree = tmp_path / "tree"
     tree.mkdir()
-    subprocess.run(["mcopy", "-s", "-n", "-i", hello_virt.release / "boot.vfat", "::/", tree],
+    subprocess.run(["mcopy", "-s", "-n", "-i", netboot_v2 / "boot.vfat", "::/", tree],
                    env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}, check=True)
-    shutil.copytree(hello_virt.release, tree / "release")
+    shutil.copytree(netboot_v2, tree / "release")
     rootfs = tree / "release/rootfs.squashfs"
     data = bytearray(rootfs.read_bytes())
     if change == "flip":
