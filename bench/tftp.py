@@ -36,7 +36,7 @@ sys.path[:0] = [str(ROOT / "tests/integration"), str(ROOT / "tests/unit")]
 from tftp_client import Client  # noqa: E402
 from trust_fixtures import make_release  # noqa: E402
 
-from fleet.boards import boards_dir, load_profile  # noqa: E402
+from fleet.boards import get_profile  # noqa: E402
 from fleet.lab.netbooted import SERVER, NetLab, board_argv  # noqa: E402
 
 FLEET = str(Path(sys.executable).parent / "fleet")
@@ -114,7 +114,7 @@ def uboot_rates(command: list[str], work: Path, window: int, runs: int) -> list[
     disk = folder / "disk.img"
     disk.write_bytes(bytes(1 << 20))
     fetches = "; ".join(["tftpboot ${kernel_addr_r} " + NAME] * runs)
-    profile = load_profile(boards_dir() / "qemu-virt-arm64.toml")
+    profile = get_profile("qemu-virt-arm64")
     env = ("tftpblocksize=1468", f"tftpwindowsize={window}")
     server = subprocess.Popen(
         net.inside(*command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -6,7 +6,6 @@ run says whether a netbooted board wrote it. Logs stay in the lab's ``netboot/``
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from fleet.boards import BoardProfile
 from fleet.errors import LabError, UsageError
+from fleet.hashing import sha256_file
 from fleet.lab.disk import MTOOLS_ENV
 from fleet.lab.netbooted import BOARD, SERVER, NetLab, board_argv
 from fleet.lab.state import lab_root
@@ -65,11 +65,6 @@ class NetbootResult:
         }
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def _read(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
@@ -113,7 +108,7 @@ def netboot(
     else:
         with board_disk.open("wb") as handle:
             handle.truncate(BLANK_DISK)
-    before = _sha256(board_disk)
+    before = sha256_file(board_disk)
     pid = os.getpid()
     net = NetLab(f"fleet-netboot-{pid}", f"fnb{pid % 1000000}").up()
     serve_log = folder / "serve.log"
@@ -158,7 +153,7 @@ def netboot(
                     proc.wait(5)
         net.down()
     result.fetched = _fetched(_read(serve_log))
-    result.disk_unchanged = _sha256(board_disk) == before
+    result.disk_unchanged = sha256_file(board_disk) == before
     return result
 
 

@@ -181,27 +181,6 @@ class TftpServer:
             return
         if len(raw) >= 4:
             opcode, number = packets.HEADER.unpack_from(raw)
-            t = a.transfer
-            if opcode == packets.ACK and number == (t.acked + 1) & 0xFFFF and t.lockstep():
-                # Lock-step's next block, the hot path of every RFC 1350 client (a Pi's
-                # ROM, most U-Boot setups): one send, none of the window bookkeeping.
-                t.acked += 1
-                t.retries = 0
-                if t.acked >= t.blocks:
-                    t.outcome.done = True
-                    self._settle(a)
-                    return
-                try:
-                    header, payload = t.block(t.acked + 1)
-                    a.sock.send(header + payload)
-                    t.sent = t.acked + 1
-                    a.deadline = self.clock() + t.timeout
-                except BlockingIOError:
-                    pass  # the timeout resends
-                except OSError as exc:
-                    t.outcome.failed = f"send failed ({exc.strerror})"
-                    self._settle(a)
-                return
             if opcode == packets.ACK:
                 out = a.transfer.on_ack(number)
                 if out:
