@@ -10,7 +10,8 @@ golang-go
 squashfs-tools dosfstools mtools fdisk u-boot-tools e2fsprogs
 mmdebstrap debian-archive-keyring
 bmap-tools rauc signify-openbsd busybox-static cryptsetup-bin
-zstd xz-utils cpio file
+zstd xz-utils cpio file libzstd-dev libzstd-dev:arm64
+bsdiff xdelta3 rsync
 iproute2 openssh-client udev kmod curl dnsmasq-base
 shellcheck strace nginx
 python3-venv

@@ -1,8 +1,8 @@
 """Small programs of fleet's own that run on the board, cross-built with the app's
 compilers: the reboot helper that passes "0 tryboot" to the Raspberry Pi firmware, the
 agent's lock and the app's unprivileged runner (fleet-tool), the initramfs's dm-verity
-mapper (which also loads the initramfs's modules) and the system's module loader
-(fleet-modules)."""
+mapper (which also loads the initramfs's modules), the system's module loader
+(fleet-modules) and the delta applier (fleet-delta)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,15 @@ from fleet.run import run
 DEVICE_DIR = data_dir("device")
 
 
-def _build(name: str, arch: str, work: Path, epoch: int, *, static: bool = False) -> Path:
+def _build(
+    name: str,
+    arch: str,
+    work: Path,
+    epoch: int,
+    *,
+    static: bool = False,
+    libs: tuple[str, ...] = (),
+) -> Path:
     """fleet/device/NAME.c for ``arch``, built reproducibly (no paths, ids or times
     inside); ``static`` for programs that run where there is no C library."""
     out = work / name
@@ -33,6 +41,7 @@ def _build(name: str, arch: str, work: Path, epoch: int, *, static: bool = False
             "-o",
             out,
             DEVICE_DIR / f"{name}.c",
+            *libs,
         ],
         env={"SOURCE_DATE_EPOCH": str(epoch), "LC_ALL": "C"},
     )
@@ -60,3 +69,20 @@ def build_fleet_tool(arch: str, work: Path, epoch: int) -> Path:
     """``fleet-tool``: the agent's lock and the app's unprivileged runner, linked against
     the image's C library."""
     return _build("fleet-tool", arch, work, epoch)
+
+
+# Debian's libzstd-dev for the board's architecture (multiarch), linked in statically: the
+# image then needs no libzstd1 of its own, and the applier is one file of about 200 KB.
+ZSTD_STATIC = {"aarch64": Path("/usr/lib/aarch64-linux-gnu/libzstd.a")}
+
+
+def build_delta_applier(arch: str, work: Path, epoch: int) -> Path | None:
+    """``fleet-delta``: applies a zstd --patch-from delta against the running slot (docs/
+    delta.md). None where this machine has no libzstd for ``arch``: the image then takes
+    every update in full, as an image built before deltas does."""
+    archive = ZSTD_STATIC.get(arch)
+    if archive is None or not archive.exists():
+        return None
+    return _build(
+        "fleet-delta", arch, work, epoch, libs=("-Wl,-Bstatic", "-lzstd", "-Wl,-Bdynamic")
+    )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from fleet import __version__
+from fleet import __version__, bootstate
 from fleet.boards import BoardProfile
 from fleet.errors import BuildError
 from fleet.hashing import sha256_file
@@ -33,7 +33,7 @@ from fleet.image import (
 from fleet.image.app import DEFAULT_EPOCH, build_app, source_files
 from fleet.image.elf import check_tree, needed_closure
 from fleet.project import Project
-from fleet.release import Health, Manifest, Payload, write_manifest
+from fleet.release import Health, Manifest, Payload, manifest_sha256, write_manifest
 
 RELEASE_DIR = "release"
 DISK_IMAGE = "disk.img"
@@ -146,6 +146,9 @@ def build(
     staged.add_file("usr/sbin/fleet-tool", tool, "fleet", 0o755)
     loader = device_tools.build_module_loader(profile.arch, work, mtime)
     staged.add_file("usr/sbin/fleet-modules", loader, "fleet", 0o755)
+    applier = device_tools.build_delta_applier(profile.arch, work, mtime)
+    if applier is not None:
+        staged.add_file("usr/sbin/fleet-delta", applier, "fleet", 0o755)
     if profile.boot_method == "rpi-tryboot":
         helper = device_tools.build_reboot_helper(profile.arch, work, mtime)
         staged.add_file("usr/sbin/fleet-reboot", helper, "fleet", 0o755)
@@ -160,7 +163,9 @@ def build(
     payloads.make_squashfs(staged.root, rootfs_img, mtime)
     # The rootfs payload is the squashfs and its dm-verity hash tree; the slot's
     # initramfs carries the root hash, so the board checks every block it reads.
-    root_verity = verity.append_hash_tree(rootfs_img)
+    root_verity = verity.append_hash_tree(
+        rootfs_img, verity.release_salt(project.name, profile.name)
+    )
     mapper = device_tools.build_verity_helper(profile.arch, work, mtime)
     boot_img = release_tmp / "boot.vfat"
     boot_files = _boot_files(
@@ -208,7 +213,12 @@ def build(
         signed = (sign_release(release_tmp, key),)
 
     step("disk")
-    firmware = _firmware_partition(work, profile, roots, ktree, mtime)
+    flashed = bootstate.BootState(
+        seq=1,
+        floor=manifest.release,
+        slot_a=f"{manifest.release}:{manifest.version}:{manifest_sha256(release_tmp)}",
+    )
+    firmware = _firmware_partition(work, profile, roots, ktree, mtime, flashed)
     image = work / DISK_IMAGE
     data_fs = work / "data.ext4"
     rootfs_sha256 = next(p.sha256 for p in manifest.payloads if p.name == "rootfs")
@@ -374,6 +384,7 @@ def _firmware_partition(
     roots: dict[str, Path],
     ktree: kernel.KernelTree,
     mtime: int,
+    flashed: bootstate.BootState,
 ) -> Path:
     folder = work / "firmware"
     folder.mkdir()
@@ -416,6 +427,11 @@ def _firmware_partition(
         "fleet keeps this board's boot state and provisioning settings in this folder.\n"
     )
     files["fleet/README.txt"] = readme
+    # Slot A's release recorded as an install records it: a board fresh from this disk
+    # reports the manifest it runs, so its first update can already be a delta.
+    state_copy = folder / bootstate.COPIES[0]
+    state_copy.write_bytes(bootstate.encode(flashed))
+    files[bootstate.COPIES[0]] = state_copy
     size = profile.storage.firmware_mib << 20
     output = work / "firmware.vfat"
     payloads.make_fat(output, files, "FLEETBOOT", mtime, size=size)

@@ -23,7 +23,7 @@ from tests.conftest import NEEDS_QEMU, Built, copy_example, fleet
 pytestmark = [pytest.mark.virtual, NEEDS_QEMU]
 
 SECONDS = "a number of seconds from 1 to 600"
-VERBS = " (status, await-decision, install-manifest, install, try, commit, rollback)"
+VERBS = " (status, await-decision, install-manifest, install, install-delta, try, commit, rollback)"
 PROD = "trust-prod"
 DEV = "trust-dev"
 
