@@ -47,6 +47,8 @@ def _isolated_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     lab = tmp_path_factory.mktemp("lab")
     old = os.environ.get("FLEET_LAB_DIR")
     os.environ["FLEET_LAB_DIR"] = str(lab)
+    # The releases the tests build and send are kept apart from the user's too.
+    os.environ["FLEET_STORE"] = str(tmp_path_factory.mktemp("store"))
     yield lab
     from fleet import lab as fleet_lab
 

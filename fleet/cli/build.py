@@ -10,6 +10,7 @@ import typer
 
 from fleet.boards import get_profile
 from fleet.cli.output import JSON_HELP, note, out, print_json, steps_progress
+from fleet.delta import store
 from fleet.errors import UsageError
 from fleet.image.pipeline import STEPS
 from fleet.image.pipeline import build as run_build
@@ -107,6 +108,13 @@ def build(
         )
         progress.update(task, completed=len(STEPS), description="build: done")
     seconds = time.monotonic() - started
+    kept: str | None = None
+    try:
+        # The host then knows the bytes a board flashed or updated with this release runs,
+        # and sends later releases to it as deltas (docs/delta.md).
+        kept = str(store.keep(result.release))
+    except (OSError, store.StoreError) as exc:
+        note(f"build: the release is not kept for deltas: {exc}")
     sizes = {p.name: p.size for p in result.manifest.payloads}
     summary = {
         "app": project.name,
@@ -119,6 +127,7 @@ def build(
         "report": str(result.report) if result.report else None,
         "payload_bytes": sizes,
         "signed_by": list(result.signed_by),
+        "kept_in": kept,
         "seconds": round(seconds, 1),
     }
     if json_out:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
 JSON_HELP = "Print the result as JSON on stdout (for scripts)."
+FULL_HELP = "Send every payload whole, never a delta against the board's running slot."
 
 
 class LazyConsole:

@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 
 from fleet import inventory as inv
 from fleet import trust as trustlib
-from fleet.cli.output import JSON_HELP, out, print_json
+from fleet.cli.output import FULL_HELP, JSON_HELP, out, print_json
 from fleet.cli.rollout_view import view
 from fleet.errors import UsageError
 from fleet.update import journal as j
@@ -189,6 +189,7 @@ def start(
     connect_timeout: Annotated[
         float, typer.Option("--connect-timeout", min=1, help="Seconds for SSH to answer.")
     ] = 10.0,
+    full: Annotated[bool, typer.Option("--full", help=FULL_HELP)] = False,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Update every board of INVENTORY (or of --group) to RELEASE, wave by wave.
@@ -220,6 +221,7 @@ def start(
         backoff=backoff,
         attempts=attempts,
         canary_group=canary_group,
+        deltas=not full,
     )
     settings.check()
     policy = trustlib.load_trust(trust)

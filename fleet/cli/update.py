@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from fleet import trust as trustlib
-from fleet.cli.output import JSON_HELP, bytes_progress, note, out, print_json
+from fleet.cli.output import FULL_HELP, JSON_HELP, bytes_progress, note, out, print_json
 from fleet.errors import FleetError, UsageError
 from fleet.update import machine
 from fleet.update.result import EXIT_CODES, Outcome
@@ -85,6 +85,7 @@ def update(
             "(to test the board's own verification).",
         ),
     ] = False,
+    full: Annotated[bool, typer.Option("--full", help=FULL_HELP)] = False,
     identity: IdentityOpt = None,
     known_hosts: KnownHostsOpt = None,
     trust_new_host: TrustNewOpt = False,
@@ -98,6 +99,12 @@ def update(
     trial, and committed by the board once the app's health check passes. A trial that
     fails its health check, does not boot or hangs is rolled back by the board and its
     bootloader on their own.
+
+    Where the host holds the release in the board's running slot (fleet build and
+    fleet update keep every release they touch), each payload goes as a delta against
+    that slot, rebuilt by the board and checked like a full one; a delta the board
+    refuses is followed by the payload in full, in the same run. --json lists each
+    payload's method and bytes (docs/delta.md).
 
     Prints one outcome: updated, rolled-back (health failed, boot failed, timeout),
     refused (with the board's reason) or unreachable. Exit codes: 0 updated,
@@ -130,6 +137,7 @@ def update(
             attempts=attempts,
             note=lambda message: note(f"{board.name}: {message}"),
             progress=on_bytes,
+            deltas=not full,
         )
         result = machine.update(board, release, options)
     if json_out:

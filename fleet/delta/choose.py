@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fleet.delta.make import Delta, DeltaUnavailable, delta_for, window_log_for
+from fleet.delta.make import (
+    MAX_WINDOW_LOG,
+    MIN_WINDOW_LOG,
+    Delta,
+    DeltaUnavailable,
+    delta_for,
+    window_log_for,
+)
 from fleet.delta.store import Kept
 from fleet.errors import ReleaseError
 
@@ -41,7 +48,9 @@ def choose(
         window_log = window_log_for(max(base_payload.size, target_size))
     except DeltaUnavailable as exc:
         return str(exc)
-    reason = _memory(window_log, target_size, available_kib)
+    # The frame's window is never more than the output it reconstructs.
+    window_log = min(window_log, max(MIN_WINDOW_LOG, _ceil_log2(target_size)))
+    reason = _memory(window_log, available_kib)
     if reason is not None:
         return reason
     base_file = base.payload(name)
@@ -57,9 +66,9 @@ def choose(
         )
     except DeltaUnavailable as exc:
         return str(exc)
-    # The frame's own window is what the board's decoder allocates; a cached delta may
-    # come from another zstd than the window above assumed.
-    reason = _memory(delta.window_log, target_size, available_kib)
+    # The frame's own window is what the board checks; a cached delta may come from
+    # another zstd than the estimate above assumed.
+    reason = _memory(delta.window_log, available_kib)
     if reason is not None:
         return reason
     if delta.size > WORTH * target_size:
@@ -70,12 +79,19 @@ def choose(
     return delta
 
 
-def _memory(window_log: int, target_size: int, available_kib: int) -> str | None:
-    # The decoder's window buffer never exceeds the output it reconstructs. Half the
-    # free memory at most, so the apply leaves the board's running app room.
-    needed = min(1 << window_log, target_size)
-    if needed <= available_kib * 1024 // 2:
+def _memory(window_log: int, available_kib: int) -> str | None:
+    # The board's rule (cmd_install_delta in fleet/device/agent): its decoder takes a
+    # window of at most the largest power of two within half its free memory, and
+    # fleet-delta refuses a frame needing more. A delta it refuses is sent for nothing.
+    allowed = MIN_WINDOW_LOG
+    while allowed < MAX_WINDOW_LOG and (1 << (allowed + 1)) // 1024 <= available_kib // 2:
+        allowed += 1
+    if window_log <= allowed:
         return None
     have = available_kib // 1024
-    want = -(-2 * needed // _MIB)
+    want = -(-(2 << window_log) // _MIB)
     return f"the board has {have} MiB free; applying this delta needs {want} MiB"
+
+
+def _ceil_log2(value: int) -> int:
+    return max(0, value - 1).bit_length()

@@ -152,8 +152,7 @@ def _stage(source: Path, folder: Path, payload: Payload) -> Path:
         size, sha = hash_file(tmp)
         if size != payload.size or sha != payload.sha256:
             raise StoreError(
-                f"{source}: payload {payload.name} does not match the manifest's size and "
-                "SHA-256"
+                f"{source}: payload {payload.name} does not match the manifest's size and SHA-256"
             )
         with tmp.open("rb") as handle:
             os.fsync(handle.fileno())

@@ -108,8 +108,8 @@ static int check_header(const unsigned char *head, size_t have, unsigned long lo
     }
     if (h.windowSize > (1ULL << window_log_max)) {
         fprintf(stderr,
-                "fleet-delta: the delta needs a %llu MiB window; this board allows %llu MiB\n",
-                (unsigned long long)(h.windowSize >> 20), (1ULL << window_log_max) >> 20);
+                "fleet-delta: the delta needs a %llu KiB window; this board allows %llu KiB\n",
+                (unsigned long long)((h.windowSize + 1023) >> 10), (1ULL << window_log_max) >> 10);
         return 1;
     }
     return 0;

@@ -20,15 +20,18 @@ import io
 import tarfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fleet import ssh
+from fleet.delta import store
+from fleet.delta.choose import choose
 from fleet.errors import FleetError, HostKeyError, ReleaseError, RemoteError
 from fleet.release import (
     MANIFEST,
     SIGNATURES,
     Manifest,
+    Payload,
     load_manifest,
     manifest_sha256,
     read_manifest_bytes,
@@ -83,6 +86,10 @@ class Options:
     # The caller verified the release once (a rollout): per board only its profile and
     # floor are checked here, not every payload hashed again.
     verified: bool = False
+    # Send each payload as a delta against the board's running slot where the host holds
+    # that release (fleet.delta; docs/delta.md); False: every payload in full.
+    deltas: bool = True
+    store: Path | None = None  # the release store (None: fleet.delta.store.store_root())
 
 
 @dataclass
@@ -93,6 +100,7 @@ class _Run:
     bytes_sent: int = 0
     slot: str = ""  # the slot being written and tried
     origin: str = ""  # the slot the board ran before
+    transfers: list[r.Transfer] = field(default_factory=list)
 
     def result(
         self,
@@ -113,6 +121,7 @@ class _Run:
             seconds=time.monotonic() - self.started,
             bytes_sent=self.bytes_sent,
             detail=detail,
+            transfers=tuple(self.transfers),
         )
 
 
@@ -294,34 +303,128 @@ def _install(
     options.note("the board checked the manifest and its signatures")
     run.origin = status.running_slot
     run.slot = "B" if status.running_slot == "A" else "A"
+    base = _base_release(folder, status, options)
     for payload in manifest.payloads:
         path = folder / payload.file
-        try:
-            handle = path.open("rb")
-        except OSError as exc:
-            raise ReleaseError(f"{path}: {exc.strerror}") from exc
-        with handle:
-            size = path.stat().st_size
-            options.note(f"streaming {payload.name} ({size} bytes) into slot {run.slot}")
-            options.step(f"install {payload.name}")
-
-            def progress(sent: int, name: str = payload.name, total: int = size) -> None:
-                options.progress(name, sent, total)
-
-            try:
-                answer = session.upload_stream(
-                    f"{AGENT} install {payload.name}", handle, size, progress, timeout=60
-                )
-            except FleetError as exc:
-                if isinstance(exc, RemoteError):
-                    raise
-                raise ReleaseError(f"{path}: {exc}") from exc
-            run.bytes_sent += size
+        why_full = "--full" if not options.deltas else ""
+        if options.deltas:
+            why_full = _send_delta(session, run, payload, path, status, base, options)
+            if not why_full:
+                continue
+        options.note(f"streaming {payload.name} ({payload.size} bytes) into slot {run.slot}")
+        answer = _stream(session, run, payload.name, path, payload.size, "", options, why_full)
         if answer.exit_code != 0:
             words = _board_words(answer.stderr)
             return run.result(r.Outcome.REFUSED, f"board: {words}", status, words)
         options.note(f"{payload.name}: written, read back and matched by the board")
     return None
+
+
+def _base_release(folder: Path, status: BoardStatus, options: Options) -> store.Kept | str:
+    """The stored release the board's running slot holds, or why there is none. The
+    release being sent is kept too, so the board's next update can be a delta against it."""
+    if not options.deltas:
+        return "--full"
+    if not options.verified:  # a rollout keeps its release once, not per board
+        try:
+            store.keep(folder, options.store)
+        except (OSError, store.StoreError) as exc:
+            options.note(f"cannot keep {folder} in the release store: {exc}")
+    if not status.delta_applier:
+        return "the board's image has no delta applier"
+    info = status.slot(status.running_slot)
+    if info is None or not info.manifest_sha256:
+        return "the board does not say which release its running slot holds"
+    kept = store.find(info.manifest_sha256, options.store)
+    if kept is None:
+        return "the host does not hold the release in the board's running slot"
+    return kept
+
+
+def _send_delta(
+    session: ssh.Session,
+    run: _Run,
+    payload: Payload,
+    path: Path,
+    status: BoardStatus,
+    base: store.Kept | str,
+    options: Options,
+) -> str:
+    """Send ``payload`` as a delta; "" when the board rebuilt it and it matched, else why
+    it goes in full (a delta the board refused costs only its own bytes)."""
+    if isinstance(base, str):
+        return base
+    picked = choose(
+        base,
+        payload.name,
+        path,
+        payload.sha256,
+        payload.size,
+        status.memory_available_kib,
+        options.store,
+    )
+    if isinstance(picked, str):
+        return picked
+    base_size = base.manifest.payload(payload.name).size
+    options.note(
+        f"streaming {payload.name} as a delta ({picked.size} bytes for {payload.size}) "
+        f"into slot {run.slot}"
+    )
+    answer = _stream(
+        session, run, payload.name, picked.path, picked.size, f"{base_size}", options, ""
+    )
+    if answer.exit_code == 0:
+        options.note(f"{payload.name}: rebuilt from the delta, read back and matched by the board")
+        return ""
+    words = _board_words(answer.stderr) or f"exit {answer.exit_code}"
+    options.note(f"{payload.name}: the board refused the delta ({words}); sending it in full")
+    return f"the delta failed: {words}"
+
+
+def _stream(
+    session: ssh.Session,
+    run: _Run,
+    name: str,
+    path: Path,
+    size: int,
+    base_size: str,
+    options: Options,
+    why_full: str,
+) -> ssh.ExecResult:
+    """One payload's bytes into the agent: ``install NAME`` or, with ``base_size``,
+    ``install-delta NAME BASE_SIZE``; recorded as a transfer either way."""
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise ReleaseError(f"{path}: {exc.strerror}") from exc
+    command = (
+        f"{AGENT} install-delta {name} {base_size}" if base_size else f"{AGENT} install {name}"
+    )
+    options.step(f"install {name}")
+    started = time.monotonic()
+
+    def progress(sent: int) -> None:
+        options.progress(name, sent, size)
+
+    with handle:
+        try:
+            answer = session.upload_stream(command, handle, size, progress, timeout=60)
+        except FleetError as exc:
+            if isinstance(exc, RemoteError):
+                raise
+            raise ReleaseError(f"{path}: {exc}") from exc
+    run.bytes_sent += size
+    run.transfers.append(
+        r.Transfer(
+            payload=name,
+            method="delta" if base_size else "full",
+            bytes=size,
+            seconds=time.monotonic() - started,
+            ok=answer.exit_code == 0,
+            why_full=why_full,
+        )
+    )
+    return answer
 
 
 def _await_trial(run: _Run, before: BoardStatus, deadline_s: float, note: Note) -> r.UpdateResult:

@@ -38,6 +38,18 @@ HOST_KEY_CHANGED = "host key changed"
 
 
 @dataclass(frozen=True)
+class Transfer:
+    """How one payload reached the board."""
+
+    payload: str
+    method: str  # "delta" (rebuilt on the board from its running slot) or "full"
+    bytes: int
+    seconds: float
+    ok: bool  # the board wrote it, read it back and it matched the manifest
+    why_full: str = ""  # for a full transfer: why no delta was sent, or why it failed
+
+
+@dataclass(frozen=True)
 class UpdateResult:
     target: str
     outcome: Outcome
@@ -50,6 +62,15 @@ class UpdateResult:
     seconds: float
     bytes_sent: int
     detail: str = ""  # the board's own words (trial record, refusal line)
+    transfers: tuple[Transfer, ...] = ()
+
+    @property
+    def method(self) -> str:
+        """ "delta", "full" or "mixed", by the payloads that went in; "" if none did."""
+        methods = {t.method for t in self.transfers if t.ok}
+        if not methods:
+            return ""
+        return methods.pop() if len(methods) == 1 else "mixed"
 
     @property
     def exit_code(self) -> int:
@@ -77,4 +98,6 @@ class UpdateResult:
         data = asdict(self)
         data["outcome"] = self.outcome.value
         data["seconds"] = round(self.seconds, 2)
+        data["method"] = self.method
+        data["transfers"] = [{**asdict(t), "seconds": round(t.seconds, 2)} for t in self.transfers]
         return data

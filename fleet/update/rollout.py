@@ -11,6 +11,7 @@ a board is never left halfway by the controller's own choice.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import os
 import time
 from collections import Counter, deque
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from fleet.delta import store
 from fleet.errors import ReleaseError, UsageError
 from fleet.release import load_manifest, manifest_sha256
 from fleet.trust import verify_release
@@ -63,6 +65,7 @@ class Settings:
     backoff: float = 5.0
     attempts: int = 1
     canary_group: str = "canary"
+    deltas: bool = True  # False: --full, every payload sent whole
 
     def steps(self) -> tuple[Step, ...]:
         return parse_waves(self.waves)
@@ -292,6 +295,10 @@ class _Controller:
         self.paused = record.state == j.PAUSED
         self.last_step: dict[str, str] = {}
         self.tries: dict[str, int] = {}
+        if settings.deltas:
+            # Kept once here, not per board: the next rollout's deltas are made against it.
+            with contextlib.suppress(OSError, store.StoreError):
+                store.keep(folder)
 
     # ---- the plan as the journal has it ----------------------------------------------
     def run(self) -> Report:
@@ -440,6 +447,7 @@ class _Controller:
             attempts=self.settings.attempts,
             progress=progress,
             step=step,
+            deltas=self.settings.deltas,
         )
         if self.last_step.get(name) in ("try", "trial", "settle"):
             # The controller died after asking this board to try: its own state decides.

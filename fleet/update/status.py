@@ -85,6 +85,18 @@ class BoardStatus:
         )
 
     @property
+    def delta_applier(self) -> bool:
+        """The board's image carries fleet-delta (images before deltas do not)."""
+        delta = self.raw.get("delta")
+        return isinstance(delta, dict) and delta.get("applier") is True
+
+    @property
+    def memory_available_kib(self) -> int | None:
+        delta = self.raw.get("delta")
+        value = delta.get("memory_available_kib") if isinstance(delta, dict) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
     def trial_pending(self) -> bool:
         return self.trial_slot not in ("", self.default_slot)
 

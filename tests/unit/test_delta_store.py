@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 
-from fleet.delta import make
 from fleet.delta.choose import WORTH, choose
 from fleet.delta.make import Delta, DeltaUnavailable, delta_for, window_log_for
 from fleet.delta.store import StoreError, find, keep, store_root
@@ -216,7 +217,12 @@ def test_delta_is_small_and_decodes_to_target(tmp_path: Path) -> None:
     assert delta.path == root / "deltas" / f"{sha(base_data)}-{sha(target_data)}.zst"
     assert delta.size == delta.path.stat().st_size
     assert delta.size < 0.05 * SIZE
-    assert delta.window_log == 21  # the frame's window: the 2 MB target, rounded up
+    assert delta.window_log == 21  # the frame's window: the 2 MiB target
+    # What the board's fleet-delta requires of a frame besides its window.
+    with delta.path.open("rb") as handle:
+        frame = zstandard.get_frame_parameters(handle.read(18))
+    assert frame.has_checksum
+    assert frame.content_size == SIZE
     assert (delta.base_sha, delta.target_sha) == (sha(base_data), sha(target_data))
     out = tmp_path / "out"
     subprocess.run(
@@ -304,15 +310,24 @@ def test_delta_for_refuses_malformed_hashes(tmp_path: Path) -> None:
 
 @ZSTD
 def test_zstd_failure_names_its_last_words(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # zstd itself clamps out-of-range settings, so a stand-in fails in its place.
+    fake = write(
+        tmp_path / "zstd", b"#!/bin/sh\necho warming up >&2\necho 'No space left' >&2\nexit 1\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr(shutil, "which", lambda _name: str(fake))
     base_data = os.urandom(4096)
     target_data = changed(base_data)
     base = write(tmp_path / "base", base_data)
     target = write(tmp_path / "target", target_data)
-    monkeypatch.setattr(make, "LEVEL", 99)  # zstd refuses the level
-    with pytest.raises(DeltaUnavailable, match=r"^zstd failed \(exit 1\): ") as caught:
+    with pytest.raises(
+        DeltaUnavailable, match=r"^zstd failed \(exit 1\): No space left \["
+    ) as caught:
         delta_for(base, sha(base_data), target, sha(target_data), tmp_path / "store")
     assert "\n" not in str(caught.value)
-    assert not list((tmp_path / "store" / "deltas").glob("*.tmp"))
+    assert list((tmp_path / "store" / "deltas").iterdir()) == [
+        tmp_path / "store" / "deltas" / f"{sha(base_data)}-{sha(target_data)}.lock"
+    ]
 
 
 def stored(tmp_path: Path, rootfs: bytes) -> tuple[Path, Any]:
@@ -339,13 +354,23 @@ def test_choose_unchanged_and_unknown_memory(tmp_path: Path) -> None:
 
 
 @UNIT
-def test_choose_when_board_memory_is_too_small(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("available_kib", "reason"),
+    [
+        (2048, "the board has 2 MiB free; applying this delta needs 4 MiB"),
+        # Half of it is over 2 MiB, but the board's agent caps its decoder's window at a
+        # power of two within half its free memory: 2 MiB needs 4096 KiB free.
+        (4094, "the board has 3 MiB free; applying this delta needs 4 MiB"),
+    ],
+)
+def test_choose_when_board_memory_is_too_small(
+    tmp_path: Path, available_kib: int, reason: str
+) -> None:
     rootfs = os.urandom(SIZE)
     root, base = stored(tmp_path, rootfs)
     target_data = changed(rootfs)
     target = write(tmp_path / "target", target_data)
-    reason = choose(base, "rootfs", target, sha(target_data), SIZE, 2048)
-    assert reason == "the board has 2 MiB free; applying this delta needs 4 MiB"
+    assert choose(base, "rootfs", target, sha(target_data), SIZE, available_kib) == reason
     assert not (root / "deltas").exists()  # refused before any zstd run
 
 
@@ -366,7 +391,7 @@ def test_choose_sends_a_delta(tmp_path: Path) -> None:
     root, base = stored(tmp_path, rootfs)
     target_data = changed(rootfs)
     target = write(tmp_path / "target", target_data)
-    delta = choose(base, "rootfs", target, sha(target_data), SIZE, 8 << 10)
+    delta = choose(base, "rootfs", target, sha(target_data), SIZE, 4096)  # just enough
     assert isinstance(delta, Delta), delta
     assert delta.path.parent == root / "deltas"
     assert delta.base_sha == sha(rootfs) and delta.target_sha == sha(target_data)

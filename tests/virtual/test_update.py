@@ -408,7 +408,7 @@ def test_power_cuts_during_the_stream(board: str, releases: Releases) -> None:
                 done[0] = True
                 lab.power(board, "off")
 
-        options = machine.Options(trust=policy, progress=progress)
+        options = machine.Options(trust=policy, progress=progress, deltas=False)
         result = machine.update(resolve(board), release, options)
         assert result.outcome is Outcome.UNREACHABLE, (cut, offset, result)
         lab.power(board, "on")
