@@ -28,6 +28,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h> /* BLKGETSIZE64 */
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -121,8 +123,16 @@ static int apply(const char *ref_path, unsigned long long ref_size, unsigned lon
     int fd = open(ref_path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return fail(ref_path, strerror(errno));
+    /* A map past the end of the device would be SIGBUS at the first read there. */
     struct stat st;
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (unsigned long long)st.st_size < ref_size)
+    unsigned long long have_bytes = 0;
+    if (fstat(fd, &st) != 0)
+        return fail(ref_path, strerror(errno));
+    if (S_ISREG(st.st_mode))
+        have_bytes = (unsigned long long)st.st_size;
+    else if (!S_ISBLK(st.st_mode) || ioctl(fd, BLKGETSIZE64, &have_bytes) != 0)
+        return fail(ref_path, "neither a block device nor a file");
+    if (have_bytes < ref_size)
         return fail(ref_path, "shorter than the reference size");
     void *ref = mmap(NULL, ref_size, PROT_READ, MAP_SHARED, fd, 0);
     if (ref == MAP_FAILED)
