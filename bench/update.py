@@ -145,7 +145,8 @@ def main() -> None:
         def note(message: str) -> None:
             timeline.append((time.monotonic() - started, message))
 
-        result = machine.update(target, v2 / "release", machine.Options(trust=trust, note=note))
+        options = machine.Options(trust=trust, note=note, deltas=False)  # bench/delta.py: deltas
+        result = machine.update(target, v2 / "release", options)
         update_s = time.monotonic() - started
         timeline.append((update_s, "updated: committed and healthy"))
         assert result.outcome.value == "updated", result

@@ -190,13 +190,14 @@ def test_a_board_whose_slot_is_not_what_it_reports_ends_correct(
     # Slot A holds v3; its record is made to name v2 (a record restored from elsewhere,
     # a slot rewritten by hand): the delta made against v2 cannot rebuild v4 from it.
     lab.power(board, "off")
-    state, source = bootstate.current(state_copies())
+    state, source = bootstate.current(state_copies(board))
     v2 = load_manifest(releases.v2)
     lie = f"{v2.release}:{v2.version}:{manifest_sha256(releases.v2)}"
     write_copy(
         bootstate.write_target(source),
         bootstate.encode(dataclasses.replace(state, seq=state.seq + 1, slot_a=lie)),
         tmp_path,
+        board,
     )
     lab.power(board, "on")
     reported = status().slot("A")

@@ -192,9 +192,9 @@ def assert_runs_once_up(version: str, slot: str, timeout: float = 60) -> BoardSt
             time.sleep(0.5)
 
 
-def state_copies() -> tuple[bytes | None, bytes | None]:
+def state_copies(name: str = BOARD) -> tuple[bytes | None, bytes | None]:
     """The two boot state copies as they are on the board's disk (read while it is off)."""
-    disk = lab.get(BOARD).disk
+    disk = lab.get(name).disk
     start = read_partitions(disk)[1].start
     found: list[bytes | None] = []
     for name in bootstate.COPIES:
@@ -205,8 +205,8 @@ def state_copies() -> tuple[bytes | None, bytes | None]:
     return found[0], found[1]
 
 
-def write_copy(index: int, data: bytes, tmp: Path) -> None:
-    disk = lab.get(BOARD).disk
+def write_copy(index: int, data: bytes, tmp: Path, name: str = BOARD) -> None:
+    disk = lab.get(name).disk
     start = read_partitions(disk)[1].start
     src = tmp / "copy"
     src.write_bytes(data)
