@@ -21,6 +21,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from fleet.release import load_manifest
+
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "out" / "demo"
 FLEET = [sys.executable, "-m", "fleet.cli.main"]
@@ -87,12 +89,18 @@ def update(title: str, release: Path, expect: int) -> dict[str, object]:
     outcome = f"{result['outcome']}" + (f": {result['reason']}" if result["reason"] else "")
     print(f"{NAME}: {outcome}; runs {result['running_version']} from slot {result['running_slot']}")
     title_, _, seconds = summary.pop()
+    # A delta against the board's running slot where the host holds it (docs/delta.md).
+    full = sum(p.size for p in load_manifest(release).payloads)
+    sent = int(str(result["bytes_sent"]))
+    how = f"{result['method'] or 'nothing'} sent, {sent} of {full} bytes ({100 * sent / full:.1f}%)"
     summary.append(
         (
             title_,
             str(result["outcome"]),
             f"{seconds}; runs {result['running_version']} from slot "
-            f"{result['running_slot']}" + (f" ({result['reason']})" if result["reason"] else ""),
+            f"{result['running_slot']}"
+            + (f" ({result['reason']})" if result["reason"] else "")
+            + f"; {how}",
         )
     )
     return result
