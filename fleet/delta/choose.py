@@ -39,8 +39,6 @@ def choose(
         base_payload = base.manifest.payload(name)
     except ReleaseError:
         return f"the board's running release has no {name} payload"
-    if base_payload.sha256 == target_sha:
-        return "unchanged"
     if available_kib is None:
         return "the board does not report its free memory"
     # Checked before the delta is made, so a board too small for it costs no zstd run.

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import zstandard
 
@@ -110,21 +111,25 @@ def _make(base: Path, base_sha: str, target: Path, target_sha: str, path: Path) 
     os.close(fd)
     tmp = Path(name)
     try:
-        # -f: the temp file exists already (mkstemp made it, so its name is ours).
-        _zstd(
-            [
-                zstd,
-                "-q",
-                "-f",
-                "--no-progress",
-                f"-{LEVEL}",
-                f"--long={window}",
-                f"--patch-from={base}",
-                str(target),
-                "-o",
-                str(tmp),
-            ]
-        )
+        # -f: the temp file exists already (mkstemp made it, so its name is ours). The
+        # target comes on stdin: zstd refuses a file that is its own dictionary, and an
+        # unchanged payload in the store is a hard link to the release's own file.
+        with target.open("rb") as source:
+            _zstd(
+                [
+                    zstd,
+                    "-q",
+                    "-f",
+                    "--no-progress",
+                    f"-{LEVEL}",
+                    f"--long={window}",
+                    f"--patch-from={base}",
+                    f"--stream-size={target_size}",
+                    "-o",
+                    str(tmp),
+                ],
+                source,
+            )
         # Decode it as the board will before anyone can be sent it.
         if _decoded_sha(zstd, base, tmp) != target_sha:
             raise DeltaUnavailable("the delta does not decode to the target payload")
@@ -143,9 +148,9 @@ def _make(base: Path, base_sha: str, target: Path, target_sha: str, path: Path) 
         os.close(fd)
 
 
-def _zstd(argv: Sequence[str]) -> None:
+def _zstd(argv: Sequence[str], stdin: IO[bytes] | None = None) -> None:
     try:
-        proc = subprocess.run(argv, capture_output=True, check=False)
+        proc = subprocess.run(argv, stdin=stdin, capture_output=True, check=False)
     except OSError as exc:
         raise DeltaUnavailable(f"cannot start zstd: {exc.strerror}") from exc
     if proc.returncode != 0:

@@ -312,7 +312,7 @@ def _install(
             if not why_full:
                 continue
         options.note(f"streaming {payload.name} ({payload.size} bytes) into slot {run.slot}")
-        answer = _stream(session, run, payload.name, path, payload.size, "", options, why_full)
+        answer = _stream(session, run, payload.name, path, payload.size, None, options, why_full)
         if answer.exit_code != 0:
             words = _board_words(answer.stderr)
             return run.result(r.Outcome.REFUSED, f"board: {words}", status, words)
@@ -370,9 +370,7 @@ def _send_delta(
         f"streaming {payload.name} as a delta ({picked.size} bytes for {payload.size}) "
         f"into slot {run.slot}"
     )
-    answer = _stream(
-        session, run, payload.name, picked.path, picked.size, f"{base_size}", options, ""
-    )
+    answer = _stream(session, run, payload.name, picked.path, picked.size, base_size, options, "")
     if answer.exit_code == 0:
         options.note(f"{payload.name}: rebuilt from the delta, read back and matched by the board")
         return ""
@@ -387,19 +385,18 @@ def _stream(
     name: str,
     path: Path,
     size: int,
-    base_size: str,
+    base_size: int | None,
     options: Options,
     why_full: str,
 ) -> ssh.ExecResult:
-    """One payload's bytes into the agent: ``install NAME`` or, with ``base_size``,
-    ``install-delta NAME BASE_SIZE``; recorded as a transfer either way."""
+    """One payload's bytes into the agent: ``install NAME``, or with the size of the
+    running slot's payload ``install-delta NAME BASE_SIZE``; recorded as a transfer."""
     try:
         handle = path.open("rb")
     except OSError as exc:
         raise ReleaseError(f"{path}: {exc.strerror}") from exc
-    command = (
-        f"{AGENT} install-delta {name} {base_size}" if base_size else f"{AGENT} install {name}"
-    )
+    delta = base_size is not None
+    command = f"{AGENT} install-delta {name} {base_size}" if delta else f"{AGENT} install {name}"
     options.step(f"install {name}")
     started = time.monotonic()
 
@@ -417,7 +414,7 @@ def _stream(
     run.transfers.append(
         r.Transfer(
             payload=name,
-            method="delta" if base_size else "full",
+            method="delta" if delta else "full",
             bytes=size,
             seconds=time.monotonic() - started,
             ok=answer.exit_code == 0,
