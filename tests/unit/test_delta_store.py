@@ -374,6 +374,18 @@ def test_choose_when_board_memory_is_too_small(
 
 
 @ZSTD
+def test_an_unchanged_payload_is_a_tiny_delta_from_its_own_store_copy(tmp_path: Path) -> None:
+    # The store hard-links the release's payload: base and target are one file.
+    rootfs = os.urandom(SIZE)
+    _, base = stored(tmp_path, rootfs)
+    same = base.payload("rootfs")
+    assert same is not None
+    delta = choose(base, "rootfs", same, sha(rootfs), SIZE, 1 << 20)
+    assert isinstance(delta, Delta), delta
+    assert delta.size < 1000
+
+
+@ZSTD
 def test_choose_when_delta_is_not_worth_it(tmp_path: Path) -> None:
     rootfs = os.urandom(SIZE)
     _, base = stored(tmp_path, rootfs)
