@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fleet.release import load_manifest
 from fleet.update import journal as j
 from fleet.update import machine
 from fleet.update.target import resolve
@@ -94,5 +95,9 @@ def test_a_second_rollout_skips_the_updated_and_finishes_within_budget(
     assert outcomes == {"ro-1": "skipped", FAULTY: "refused", "ro-3": "updated",
                         "ro-4": "updated"}, report
     assert code == 13 and report["state"] == "completed"
+    # Deltas against the boards' flashed 1.0.0: made once, the same bytes to each board.
+    sent = {b["name"]: b["bytes_sent"] for b in report["boards"]}
+    full = sum(p.size for p in load_manifest(hello_v2_virt).payloads)
+    assert sent["ro-3"] == sent["ro-4"] and 0 < sent["ro-3"] < 0.03 * full, (sent, full)
     history = fleet("rollout", "history", "--inventory", fleet_of_four)
     assert "halted" in history.stdout and "completed" in history.stdout
