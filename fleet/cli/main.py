@@ -72,6 +72,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "rollout": ("fleet.cli.rollout", "app", "group"),
     "publish": ("fleet.cli.publish", "publish", "command"),
     "serve": ("fleet.cli.serve", "serve", "command"),
+    "hil": ("fleet.cli.hil", "app", "group"),
 }
 
 

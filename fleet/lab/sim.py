@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -236,11 +236,13 @@ def up(
     timeout: float = UP_TIMEOUT,
     pull: PullSettings | None = None,
     pull_keys: tuple[Path, ...] = (),
+    names: Sequence[str] = (),
 ) -> list[Board]:
     """Make and boot COUNT simulated boards PREFIX-1..COUNT that trust the release keys
     TRUST (a .pub or a folder of them), slot A holding RELEASE (default: a factory
     release 1, version 0.0.0-sim, with no payloads); return once all answer SSH. With
-    PULL they poll a store (docs/pull.md), pinning the timestamp keys PULL_KEYS."""
+    PULL they poll a store (docs/pull.md), pinning the timestamp keys PULL_KEYS. NAMES, when
+    given, names the boards instead (a lab file's boards: fleet.hil)."""
     if os.geteuid() != 0:
         raise UsageError("simulated boards need root (loop devices, chroot, namespaces)")
     if count < 1:
@@ -252,7 +254,9 @@ def up(
             f"{profile} boots by the Pi firmware's tryboot; simulated boards follow the "
             "uboot-ab boot script only"
         )
-    names = [check_name(f"{prefix}-{n}") for n in range(1, count + 1)]
+    if not names:
+        names = [f"{prefix}-{n}" for n in range(1, count + 1)]
+    names = [check_name(n) for n in names]
     pubkeys = _pubkeys(trust)
     if release is not None:
         load_manifest(release)

@@ -1,0 +1,1 @@
+"""Hardware-in-the-loop lab: drivers for the power and consoles of real boards."""

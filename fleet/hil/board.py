@@ -1,0 +1,152 @@
+"""One lab board during a run: its drivers made from its resources, its SSH target and
+app address, its logs in the run's result folder."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fleet import lab as vlab
+from fleet.errors import FleetError, LabError
+from fleet.hil import power as pw
+from fleet.hil.console import Console, FileConsole, SerialConsole
+from fleet.hil.labfile import (
+    GpioLine,
+    Lab,
+    LabBoard,
+    NetworkAddress,
+    Pdu,
+    PowerCommand,
+    SerialPort,
+    UsbPort,
+    VirtualBoard,
+)
+from fleet.hil.release import Release
+from fleet.hil.remote import Http, Ssh
+from fleet.update import machine
+from fleet.update.status import BoardStatus
+from fleet.update.target import Target, resolve
+
+
+@dataclass
+class HilBoard:
+    spec: LabBoard
+    results: Path  # this board's folder of the run's results
+    power: pw.Power
+    consoles: list[Console] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def virtual(self) -> VirtualBoard | None:
+        found = self.spec.resources.get(VirtualBoard.key)
+        return found if isinstance(found, VirtualBoard) else None
+
+    @property
+    def target(self) -> Target:
+        """Resolved at each use: a virtual board gets new ports when it is made again."""
+        network = self.spec.resources.get(NetworkAddress.key)
+        if isinstance(network, NetworkAddress):
+            return resolve(f"{network.user}@{network.address}:{network.ssh_port}")
+        return resolve(self.name)
+
+    @property
+    def ssh(self) -> Ssh:
+        return Ssh(self.target)
+
+    @property
+    def http(self) -> Http:
+        network = self.spec.resources.get(NetworkAddress.key)
+        if isinstance(network, NetworkAddress):
+            return Http(f"http://{network.address}:{network.http_port}")
+        return Http(f"http://127.0.0.1:{vlab.get(self.name).app_port}")
+
+    def status(self) -> BoardStatus:
+        return machine.board_status(self.target)
+
+    def open_console(self) -> Console:
+        """The board's console from now on (expect-style); what it reads is logged."""
+        log = self.results / "console.log"
+        serial = self.spec.resources.get(SerialPort.key)
+        if self.spec.drivers.console == "serial" and isinstance(serial, SerialPort):
+            opened: Console = SerialConsole(serial.port, serial.baud, log)
+        elif self.spec.drivers.console == "qemu":
+            opened = FileConsole(vlab.get(self.name).console_log, self.results / "console.tail")
+        else:
+            raise LabError(f"board {self.name} has no console (console driver 'none')")
+        self.consoles.append(opened)
+        return opened
+
+    def check_healthy(self, release: Release | None) -> BoardStatus:
+        """The board answers, runs a committed slot with a healthy app, and (given a
+        release) runs that release: a provisioning that did not take is caught here."""
+        now = self.status()
+        if not now.committed or now.health != "healthy":
+            raise LabError(
+                f"board {self.name} is not healthy on a committed slot "
+                f"(slot {now.running_slot}, health {now.health or 'unknown'})"
+            )
+        if release is not None:
+            info = now.slot(now.running_slot)
+            if info is None or info.manifest_sha256 != release.sha256:
+                raise LabError(
+                    f"board {self.name} runs {now.app_version}, not the release under test "
+                    f"({release.version})"
+                )
+        return now
+
+    def collect_logs(self) -> None:
+        """The whole console log of a virtual board, and the agent's log, into results."""
+        self.results.mkdir(parents=True, exist_ok=True)
+        if self.virtual is not None:  # QEMU's or the simulator's log of every boot
+            with contextlib.suppress(FleetError, OSError):
+                shutil.copyfile(vlab.get(self.name).console_log, self.results / "console.log")
+        try:
+            answer = self.ssh.run("cat /data/fleet/agent.log", timeout=30)
+            text = answer.stdout if answer.ok else f"(not readable: {answer.stderr.strip()})\n"
+        except FleetError as exc:
+            # A production image lets the update key run only the agent's verbs.
+            text = f"(not readable: {exc})\n"
+        (self.results / "agent.log").write_text(text)
+
+    def close(self) -> None:
+        for opened in self.consoles:
+            opened.close()
+        self.consoles.clear()
+
+
+def power_driver(spec: LabBoard) -> pw.Power:
+    kind = spec.drivers.power
+    res = spec.resources
+    if kind == "virtual":
+        return pw.VirtualPower(spec.name)
+    if kind == "uhubctl":
+        usb = res[UsbPort.key]
+        assert isinstance(usb, UsbPort)
+        return pw.UhubctlPower(usb.hub, usb.port)
+    if kind == "gpio":
+        gpio = res[GpioLine.key]
+        assert isinstance(gpio, GpioLine)
+        return pw.GpioPower(gpio.chip, gpio.line, gpio.active_low)
+    if kind == "pdu":
+        pdu = res[Pdu.key]
+        assert isinstance(pdu, Pdu)
+        outlet = "" if pdu.outlet is None else pdu.outlet
+        return pw.HttpPdu(pdu.on, pdu.off, outlet)
+    if kind == "command":
+        cmd = res[PowerCommand.key]
+        assert isinstance(cmd, PowerCommand)
+        cycle = list(cmd.cycle) if cmd.cycle else None
+        return pw.CommandPower(list(cmd.on), list(cmd.off), cycle, board=spec.name)
+    if kind == "manual":
+        return pw.ManualPower(spec.name)
+    raise LabError(f"board {spec.name}: unknown power driver {kind!r}")  # labfile checked
+
+
+def make_board(lab: Lab, spec: LabBoard, results: Path) -> HilBoard:
+    results.mkdir(parents=True, exist_ok=True)
+    return HilBoard(spec, results, power_driver(spec))
