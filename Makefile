@@ -24,7 +24,7 @@ demo: deps venv
 DEVICE_SH := $(filter-out %.c %.h %.cmd fleet/device/inittab fleet/device/fstab,$(wildcard fleet/device/*))
 
 lint: deps venv
-	$(VENV)/bin/ruff check fleet signing tests bench scripts
+	$(VENV)/bin/ruff check fleet signing tests bench scripts hardware-in-loop
 	$(VENV)/bin/ruff format --check fleet signing
 	shellcheck -s sh -S warning $(DEVICE_SH)
 

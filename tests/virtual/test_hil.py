@@ -55,7 +55,9 @@ def sim_releases(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, 
     return good, broken, base / "keys/release.pub"
 
 
-def hil_run(suite: str, *args: str | Path, timeout: float = 1200) -> subprocess.CompletedProcess[str]:
+def hil_run(
+    suite: str, *args: str | Path, timeout: float = 1200
+) -> subprocess.CompletedProcess[str]:
     return fleet("hil", "run", SUITES / suite, "--lab", LAB, *args, check=False, timeout=timeout)
 
 
