@@ -43,7 +43,7 @@ def _suite_of(path: Path, board: str, problem: str) -> ET.Element:
         root = ET.parse(path).getroot()  # noqa: S314
     except (OSError, ET.ParseError) as exc:
         suite = ET.Element("testsuite", name=board)
-        case = ET.SubElement(suite, "testcase", classname=board, name="run")
+        case = ET.SubElement(suite, "testcase", classname=board, name=f"{board}::run")
         ET.SubElement(case, "error", message=problem or f"no JUnit file: {exc}")
         return suite
     found = root if root.tag == "testsuite" else root.find("testsuite")
