@@ -60,6 +60,12 @@ def run_cmd(
     cycles: Annotated[
         int | None, typer.Option("--cycles", min=1, help="Soak suite: update/rollback cycles.")
     ] = None,
+    identity: Annotated[
+        Path | None, typer.Option("--identity", "-i", help="SSH key for boards on the network.")
+    ] = None,
+    trust_new_host: Annotated[
+        bool, typer.Option("--trust-new-host", help="Pin host keys of boards not yet known.")
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Run SUITE on the lab's boards (or those given with --board).
@@ -77,7 +83,18 @@ def run_cmd(
     """
     parsed = load_lab(lab)
     extra = ("--cycles", str(cycles)) if cycles is not None else ()
-    options = RunOptions(release, next_release, trust, junit_file, parallel, results, wait, extra)
+    options = RunOptions(
+        release,
+        next_release,
+        trust,
+        junit_file,
+        parallel,
+        results,
+        wait,
+        extra,
+        identity,
+        trust_new_host,
+    )
     report = run(suite, parsed, board or [], options, note)
     if json_out:
         print_json(

@@ -35,6 +35,8 @@ class HilBoard:
     spec: LabBoard
     results: Path  # this board's folder of the run's results
     power: pw.Power
+    identity: Path | None = None  # SSH key for a board on the network (default ~/.ssh's)
+    trust_new_host: bool = False
     consoles: list[Console] = field(default_factory=list)
 
     @property
@@ -51,7 +53,11 @@ class HilBoard:
         """Resolved at each use: a virtual board gets new ports when it is made again."""
         network = self.spec.resources.get(NetworkAddress.key)
         if isinstance(network, NetworkAddress):
-            return resolve(f"{network.user}@{network.address}:{network.ssh_port}")
+            return resolve(
+                f"{network.user}@{network.address}:{network.ssh_port}",
+                identity=self.identity,
+                trust_new_host=self.trust_new_host,
+            )
         return resolve(self.name)
 
     @property
@@ -147,6 +153,12 @@ def power_driver(spec: LabBoard) -> pw.Power:
     raise LabError(f"board {spec.name}: unknown power driver {kind!r}")  # labfile checked
 
 
-def make_board(lab: Lab, spec: LabBoard, results: Path) -> HilBoard:
+def make_board(
+    lab: Lab,
+    spec: LabBoard,
+    results: Path,
+    identity: Path | None = None,
+    trust_new_host: bool = False,
+) -> HilBoard:
     results.mkdir(parents=True, exist_ok=True)
-    return HilBoard(spec, results, power_driver(spec))
+    return HilBoard(spec, results, power_driver(spec), identity, trust_new_host)

@@ -43,6 +43,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--next-release", type=Path, help="a later release the update suites update to")
     group.addoption("--trust", type=Path, help="keys the releases must be signed by")
     group.addoption("--board", action="append", default=[], help="only this board (repeat)")
+    group.addoption("--identity", type=Path, help="SSH key for boards with a network address")
+    group.addoption(
+        "--trust-new-host",
+        action="store_true",
+        help="accept and pin the host keys of boards not yet known",
+    )
     group.addoption("--hil-results", type=Path, help="folder for console and agent logs")
     group.addoption(
         "--hil-no-provision",
@@ -152,7 +158,13 @@ class HilSession:
             pytest.skip(f"board {name} is bad for this run: {self._bad[name]}")
         if name not in self._ready:
             spec = self.lab.board(name)
-            board = make_board(self.lab, spec, self.results / name)
+            board = make_board(
+                self.lab,
+                spec,
+                self.results / name,
+                self.config.getoption("--identity"),
+                self.config.getoption("--trust-new-host"),
+            )
             try:
                 if not self.config.getoption("--hil-no-provision"):
                     provision(board, self.release(), self.policy, self.trust_path)

@@ -31,6 +31,8 @@ class RunOptions:
     results: Path | None = None
     wait: float = 0.0  # seconds to wait for boards another run holds
     extra: tuple[str, ...] = ()  # passed to pytest as they are (e.g. --cycles 20)
+    identity: Path | None = None
+    trust_new_host: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,10 @@ def _pytest_argv(suite: Path, lab: Lab, board: str, folder: Path, options: RunOp
     ):
         if value is not None:
             argv += [flag, str(value)]
+    if options.identity is not None:
+        argv += ["--identity", str(options.identity)]
+    if options.trust_new_host:
+        argv.append("--trust-new-host")
     return [*argv, *options.extra]
 
 

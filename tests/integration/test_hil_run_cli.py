@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -57,3 +58,37 @@ def test_the_merged_junit_names_each_board_and_keeps_a_missing_one(tmp_path: Pat
     assert suite_b.get("name") == "b" and suite_b.get("errors") == "1"
     error = suite_b.find("testcase/error")
     assert error is not None and error.get("message") == "pytest exit 4"
+
+
+def test_a_board_whose_provisioning_fails_is_bad_and_its_tests_skipped(tmp_path: Path) -> None:
+    from fleet.lab.simrelease import make_release
+
+    fleet("keys", "generate", "--out", tmp_path / "keys", "--name", "release")
+    release = make_release(tmp_path / "r1", tmp_path / "keys/release.sec", 1)
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
+    lab = tmp_path / "lab.toml"
+    lab.write_text(
+        '[lab]\nname = "gone"\n\n[[board]]\nname = "far"\nprofile = "qemu-virt-arm64"\n\n'
+        '[board.resources]\nnetwork = { address = "127.0.0.1", ssh_port = 9 }\n\n'
+        '[board.drivers]\npower = "manual"\nconsole = "none"\nprovision = "update"\n'
+    )
+    out = tmp_path / "out.xml"
+    proc = fleet("hil", "run", REPO / "hardware-in-loop/suites/smoke", "--lab", lab,
+                 "--release", release, "--trust", tmp_path / "keys/release.pub",
+                 "--junit", out, "--results", tmp_path / "results", "--identity", key,
+                 "--trust-new-host", check=False,
+                 env={"FLEET_HIL_LOCKS": str(tmp_path / "locks")})
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "far: 0 passed, 0 failed, 0 errors, 4 skipped" in proc.stdout
+    assert "; bad: provisioning failed: update to 1.0.0: root@127.0.0.1:9: unreachable: " in (
+        proc.stdout
+    )
+    bad = (tmp_path / "results/far/bad").read_text()
+    assert bad.startswith("provisioning failed: "), bad
+    skips = [c.find("skipped") for c in ET.parse(out).getroot().iter("testcase")]
+    reasons = [s.get("message", "") if s is not None else "" for s in skips]
+    # The board's one test it matches is skipped for the bad board; the others (app-http,
+    # console) match no board of this lab.
+    assert reasons[0].startswith("board far is bad for this run: provisioning failed: "), reasons
+    assert reasons[1:] == ["no board of the lab matches this test's markers"] * 3, reasons
