@@ -94,6 +94,7 @@ class HilSession:
         self._locks: list[locks.BoardLock] = []
         self._ready: dict[str, HilBoard] = {}
         self._bad: dict[str, str] = {}
+        self._release: Release | None = None
 
     # ---- pytest hooks -------------------------------------------------------------------
     def pytest_sessionstart(self, session: pytest.Session) -> None:
@@ -150,8 +151,13 @@ class HilSession:
         return found
 
     def release(self) -> Release | None:
+        """The release under test, verified once for the session."""
         folder = self.config.getoption("--release")
-        return load(folder, self.policy) if folder is not None else None
+        if folder is None:
+            return None
+        if self._release is None:
+            self._release = load(folder, self.policy)
+        return self._release
 
     def board(self, name: str) -> HilBoard:
         if name in self._bad:
