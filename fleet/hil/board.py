@@ -111,13 +111,27 @@ class HilBoard:
         if self.virtual is not None:  # QEMU's or the simulator's log of every boot
             with contextlib.suppress(FleetError, OSError):
                 shutil.copyfile(vlab.get(self.name).console_log, self.results / "console.log")
+        (self.results / "agent.log").write_bytes(self._agent_log())
+
+    def _agent_log(self) -> bytes:
+        """The board's /data/fleet/agent.log: from a simulated board's tree, through the
+        lab's shell key on a virtual board, else over SSH where the image allows a shell
+        (the update key of a production image runs only the agent's verbs)."""
+        command = "cat /data/fleet/agent.log"
         try:
-            answer = self.ssh.run("cat /data/fleet/agent.log", timeout=30)
-            text = answer.stdout if answer.ok else f"(not readable: {answer.stderr.strip()})\n"
-        except FleetError as exc:
-            # A production image lets the update key run only the agent's verbs.
-            text = f"(not readable: {exc})\n"
-        (self.results / "agent.log").write_text(text)
+            if self.virtual is not None and self.virtual.kind == "sim":
+                return (vlab.get(self.name).state_dir / "tree/data/fleet/agent.log").read_bytes()
+            if self.virtual is not None:
+                with vlab.session(vlab.get(self.name)) as session:
+                    result = session.exec(command, timeout=30)
+                said, ok = result.stdout, result.exit_code == 0
+                why = result.stderr.decode(errors="replace").strip()
+            else:
+                answer = self.ssh.run(command, timeout=30)
+                said, ok, why = answer.stdout.encode(), answer.ok, answer.stderr.strip()
+        except (FleetError, OSError) as exc:
+            return f"(not readable: {exc})\n".encode()
+        return said if ok else f"(not readable: {why})\n".encode()
 
     def close(self) -> None:
         for opened in self.consoles:

@@ -89,7 +89,8 @@ def test_smoke_on_the_virtual_lab(hello_virt: Built, tmp_path: Path) -> None:
         }, cases[name]
         console = (tmp_path / "results" / name / "console.log").read_text(errors="replace")
         assert console.count("fleet: system up: slot A") >= 2, console[-2000:]  # and the cycle
-        assert (tmp_path / "results" / name / "agent.log").stat().st_size > 0
+        agent_log = (tmp_path / "results" / name / "agent.log").read_text()
+        assert "this key may run only" not in agent_log, agent_log  # read with the lab's key
     # The simulated board has no HTTP app and no console driver: those tests are skipped.
     assert cases["hil-s1"]["hil-s1::test_runs_the_release_committed_and_healthy[hil-s1]"] == (
         "passed"
@@ -113,6 +114,9 @@ def test_update_rollback_with_power_cuts_on_one_board(
     assert cases["hil-q1::test_a_cut_while_streaming_leaves_the_committed_slot[hil-q1]"] == "passed"
     status = json.loads(fleet("status", "hil-q1", "--json").stdout)
     assert status["app"]["version"] == "2.0.0" and status["health"] == "healthy", status
+    agent_log = (tmp_path / "results/hil-q1/agent.log").read_text()
+    assert "install: release 2 (2.0.0) verified" in agent_log, agent_log
+    assert "commit: slot B (release 2)" in agent_log, agent_log
 
 
 def test_soak_of_20_cycles_on_a_simulated_board(
