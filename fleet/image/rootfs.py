@@ -365,7 +365,9 @@ def _package_root(packages: dict[str, Path], name: str) -> Path:
 
 
 def _add_whole_package(staged: Staged, package: str, root: Path) -> list[str]:
-    """Add a package's files; returns its programs, whose libraries the image needs."""
+    """Add a package's files; returns its programs and shared libraries, whose own
+    libraries the image needs too (libsqlite3 needs libm, which no program of a hello
+    image pulls in)."""
     found: list[str] = []
     skip = (
         "usr/share/doc",
@@ -382,9 +384,15 @@ def _add_whole_package(staged: Staged, package: str, root: Path) -> list[str]:
             staged.add_link(rel, os.readlink(path), package)
         else:
             staged.add_file(rel, path, package)
-            if rel.startswith(PROGRAM_FOLDERS) and path.stat().st_mode & 0o111:
+            program = rel.startswith(PROGRAM_FOLDERS) and path.stat().st_mode & 0o111
+            if program or (".so" in path.name and _is_elf(path)):
                 found.append(rel)
     return found
+
+
+def _is_elf(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(4) == b"\x7fELF"
 
 
 def _add_libraries(staged: Staged, packages: dict[str, Path], programs: list[str]) -> None:
