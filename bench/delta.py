@@ -37,6 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from fleet.delta.choose import WORTH  # noqa: E402
 from fleet.delta.make import delta_for  # noqa: E402
 from fleet.release import Manifest, load_manifest  # noqa: E402
 
@@ -177,15 +178,15 @@ def squashfs_tree(release: Path, dest: Path) -> Path:
 
 
 SETTINGS = {
-    "zstd-19, 256K (fleet's, without its sort)": ["-comp", "zstd", "-Xcompression-level", "19",
-                                                   "-b", "256K"],
+    "zstd-19, 256K": ["-comp", "zstd", "-Xcompression-level", "19", "-b", "256K"],
     "zstd-19, 128K": ["-comp", "zstd", "-Xcompression-level", "19", "-b", "128K"],
     "zstd-19, 1M": ["-comp", "zstd", "-Xcompression-level", "19", "-b", "1M"],
-    "zstd-19, 256K, no fragments": ["-comp", "zstd", "-Xcompression-level", "19", "-b", "256K",
-                                    "-no-fragments"],
-    "zstd-19, 256K, app last (fleet's)": ["-comp", "zstd", "-Xcompression-level", "19", "-b",
-                                          "256K", "-sort", "@SORT@"],
+    "zstd-19, 256K, no fragments (fleet's)": ["-comp", "zstd", "-Xcompression-level", "19",
+                                              "-b", "256K", "-no-fragments"],
+    "zstd-19, 256K, app sorted last": ["-comp", "zstd", "-Xcompression-level", "19", "-b",
+                                       "256K", "-sort", "@SORT@"],
     "xz, 256K": ["-comp", "xz", "-b", "256K"],
+    "xz, 256K, no fragments": ["-comp", "xz", "-b", "256K", "-no-fragments"],
 }
 
 
@@ -267,6 +268,11 @@ def main() -> None:
         print(f"  full release        {full:>10} bytes  100.00%")
         print(f"  fleet delta (zstd)  {delta_total:>10} bytes  {ratio(delta_total, full)}"
               f"   (boot {delta['boot']}, rootfs {delta['rootfs']}; made in {made_s:.1f} s)")
+        # What fleet update sends: a payload whose delta is over WORTH of it goes whole.
+        sends = sum(
+            delta[p.name] if delta[p.name] <= WORTH * p.size else p.size for p in target.payloads
+        )
+        print(f"  fleet update sends  {sends:>10} bytes  {ratio(sends, full)}")
         print(f"  rsync of rootfs     {rsync:>10} bytes  {ratio(rsync, full)}"
               f"   (fleet's rootfs delta: {ratio(delta['rootfs'], rsync)} of rsync's)")
         print(f"  rootfs alone        {rootfs:>10} bytes; delta {ratio(delta['rootfs'], rootfs)}")
@@ -276,7 +282,7 @@ def main() -> None:
                     total = sum(sizes.values())
                     print(f"  {method:<19} {total:>10} bytes  {ratio(total, full)}"
                           f"   (boot {sizes['boot']}, rootfs {sizes['rootfs']})")
-        if pair.name == "one-line" and delta_total >= TARGET_SHARE * full:
+        if pair.name == "one-line" and sends >= TARGET_SHARE * full:
             print(f"  MISSED: the one-line change is over {TARGET_SHARE:.0%} of the release")
             failed = True
         if not args.no_board:
