@@ -39,6 +39,8 @@ sys.path.insert(0, str(REPO))
 
 from fleet.delta.choose import WORTH  # noqa: E402
 from fleet.delta.make import delta_for  # noqa: E402
+from fleet.image.payloads import LAST_IN_IMAGE  # noqa: E402
+from fleet.image.verity import append_hash_tree, release_salt  # noqa: E402
 from fleet.release import Manifest, load_manifest  # noqa: E402
 
 FLEET = str(Path(sys.executable).parent / "fleet")
@@ -181,19 +183,26 @@ SETTINGS = {
     "zstd-19, 256K": ["-comp", "zstd", "-Xcompression-level", "19", "-b", "256K"],
     "zstd-19, 128K": ["-comp", "zstd", "-Xcompression-level", "19", "-b", "128K"],
     "zstd-19, 1M": ["-comp", "zstd", "-Xcompression-level", "19", "-b", "1M"],
-    "zstd-19, 256K, no fragments (fleet's)": ["-comp", "zstd", "-Xcompression-level", "19",
-                                              "-b", "256K", "-no-fragments"],
-    "zstd-19, 256K, app sorted last": ["-comp", "zstd", "-Xcompression-level", "19", "-b",
-                                       "256K", "-sort", "@SORT@"],
-    "xz, 256K": ["-comp", "xz", "-b", "256K"],
-    "xz, 256K, no fragments": ["-comp", "xz", "-b", "256K", "-no-fragments"],
+    "zstd-19, 256K, no fragments": ["-comp", "zstd", "-Xcompression-level", "19", "-b", "256K",
+                                    "-no-fragments"],
+    "zstd-19, 256K, app last": ["-comp", "zstd", "-Xcompression-level", "19", "-b", "256K",
+                                "-sort", "@SORT@"],
+    "zstd-19, 256K, no fragments, app last (fleet's)": ["-comp", "zstd", "-Xcompression-level",
+                                                        "19", "-b", "256K", "-no-fragments",
+                                                        "-sort", "@SORT@"],
+    "xz, 256K, no fragments, app last": ["-comp", "xz", "-b", "256K", "-no-fragments", "-sort",
+                                         "@SORT@"],
 }
 
 
 def settings_table(pair: Pair, scratch: Path) -> list[tuple[str, int, int]]:
+    """Each setting's rootfs payload as fleet makes it (the squashfs and its dm-verity tree
+    with the release salt) for both trees, and the zstd delta between them."""
     trees = [squashfs_tree(r, scratch / n) for r, n in ((pair.base, "a"), (pair.target, "b"))]
     sort = scratch / "sort"
-    sort.write_text("app -32768\netc/fleet -32768\n")
+    sort.write_text("".join(f"{rel} -32768\n" for rel in LAST_IN_IMAGE))
+    manifest = load_manifest(pair.target)
+    salt = release_salt(manifest.app, manifest.board)
     rows = []
     for label, options in SETTINGS.items():
         images = []
@@ -202,6 +211,7 @@ def settings_table(pair: Pair, scratch: Path) -> list[tuple[str, int, int]]:
             args = [str(sort) if o == "@SORT@" else o for o in options]
             run("mksquashfs", tree, image, "-noappend", "-all-root", "-no-xattrs", "-no-progress",
                 "-quiet", *args, env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000"})
+            append_hash_tree(image, salt)
             images.append(image)
         delta = scratch / "settings.zst"
         run("zstd", "-q", "-f", "-3", "--long=27", f"--patch-from={images[0]}", images[1],
@@ -300,9 +310,9 @@ def main() -> None:
                   f" = {apply_s / write_s:.2f}")
         if args.settings and pair.name == "one-line":
             print("  squashfs settings (the one-line pair rebuilt from its trees):")
-            print(f"    {'settings':<42} {'full rootfs':>12} {'delta':>10}")
+            print(f"    {'settings':<50} {'full rootfs':>12} {'delta':>10}")
             for label, size, dsize in settings_table(pair, scratch):
-                print(f"    {label:<42} {size:>12} {dsize:>10}")
+                print(f"    {label:<50} {size:>12} {dsize:>10}")
     if failed:
         sys.exit(1)
 
