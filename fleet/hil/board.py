@@ -62,7 +62,12 @@ class HilBoard:
 
     @property
     def ssh(self) -> Ssh:
-        return Ssh(self.target)
+        """Commands and files: a virtual board through the lab's shell key (a development
+        image lets it in), any other through the update key its address gives."""
+        if self.virtual is not None:
+            name = self.name
+            return Ssh(lambda: vlab.session(vlab.get(name)))
+        return Ssh.to(self.target)
 
     @property
     def http(self) -> Http:
@@ -121,14 +126,8 @@ class HilBoard:
         try:
             if self.virtual is not None and self.virtual.kind == "sim":
                 return (vlab.get(self.name).state_dir / "tree/data/fleet/agent.log").read_bytes()
-            if self.virtual is not None:
-                with vlab.session(vlab.get(self.name)) as session:
-                    result = session.exec(command, timeout=30)
-                said, ok = result.stdout, result.exit_code == 0
-                why = result.stderr.decode(errors="replace").strip()
-            else:
-                answer = self.ssh.run(command, timeout=30)
-                said, ok, why = answer.stdout.encode(), answer.ok, answer.stderr.strip()
+            answer = self.ssh.run(command, timeout=30)
+            said, ok, why = answer.stdout.encode(), answer.ok, answer.stderr.strip()
         except (FleetError, OSError) as exc:
             return f"(not readable: {exc})\n".encode()
         return said if ok else f"(not readable: {why})\n".encode()

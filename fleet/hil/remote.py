@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleet import ssh
 from fleet.errors import RemoteError
 from fleet.update.target import Target
 
@@ -25,13 +27,18 @@ class Answer:
 
 class Ssh:
     """A fresh connection per call: a board that rebooted in between is simply reached
-    again (its pinned host key still checked)."""
+    again (its pinned host key still checked). ``connect`` opens a session: the update
+    key's for a board on the network, the lab's shell key for a virtual board."""
 
-    def __init__(self, target: Target) -> None:
-        self.target = target
+    def __init__(self, connect: Callable[[], ssh.Session]) -> None:
+        self.connect = connect
+
+    @classmethod
+    def to(cls, target: Target) -> Ssh:
+        return cls(target.connect)
 
     def run(self, command: str, *, timeout: float = 60.0, input: bytes | None = None) -> Answer:
-        with self.target.connect() as session:
+        with self.connect() as session:
             result = session.exec(command, input=input, timeout=timeout)
         return Answer(
             result.exit_code,
@@ -41,7 +48,7 @@ class Ssh:
 
     def put(self, local: Path, remote: str, *, timeout: float = 120.0) -> None:
         """Copy a file to the board (through `cat`, which every image has)."""
-        with local.open("rb") as handle, self.target.connect() as session:
+        with local.open("rb") as handle, self.connect() as session:
             size = local.stat().st_size
             answer = session.upload_stream(
                 f"cat > '{_quoted(remote)}'", handle, size, timeout=timeout
@@ -50,7 +57,7 @@ class Ssh:
             raise RemoteError(f"copying {local} to {remote} failed: {answer.stderr!r}")
 
     def get(self, remote: str, *, timeout: float = 60.0) -> bytes:
-        with self.target.connect() as session:
+        with self.connect() as session:
             answer = session.exec(f"cat '{_quoted(remote)}'", timeout=timeout)
         if answer.exit_code != 0:
             raise RemoteError(f"reading {remote} failed: {answer.stderr!r}")

@@ -80,7 +80,7 @@ def test_a_board_whose_provisioning_fails_is_bad_and_its_tests_skipped(tmp_path:
                  "--trust-new-host", check=False,
                  env={"FLEET_HIL_LOCKS": str(tmp_path / "locks")})
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
-    assert "far: 0 passed, 0 failed, 0 errors, 4 skipped" in proc.stdout
+    assert "far: 0 passed, 0 failed, 0 errors, 5 skipped" in proc.stdout
     assert "; bad: provisioning failed: update to 1.0.0: root@127.0.0.1:9: unreachable: " in (
         proc.stdout
     )
@@ -89,6 +89,6 @@ def test_a_board_whose_provisioning_fails_is_bad_and_its_tests_skipped(tmp_path:
     skips = [c.find("skipped") for c in ET.parse(out).getroot().iter("testcase")]
     reasons = [s.get("message", "") if s is not None else "" for s in skips]
     # The board's one test it matches is skipped for the bad board; the others (app-http,
-    # console) match no board of this lab.
+    # shell, console) match no board of this lab.
     assert reasons[0].startswith("board far is bad for this run: provisioning failed: "), reasons
-    assert reasons[1:] == ["no board of the lab matches this test's markers"] * 3, reasons
+    assert reasons[1:] == ["no board of the lab matches this test's markers"] * 4, reasons

@@ -84,6 +84,7 @@ def test_smoke_on_the_virtual_lab(hello_virt: Built, tmp_path: Path) -> None:
         assert cases[name] == {
             f"{name}::test_runs_the_release_committed_and_healthy[{name}]": "passed",
             f"{name}::test_the_app_answers_its_health_check_and_version[{name}]": "passed",
+            f"{name}::test_commands_and_files_over_ssh[{name}]": "passed",
             f"{name}::test_a_power_cycle_comes_back_up[{name}]": "passed",
             f"{name}::test_boot_time_from_the_boot_chart[{name}]": "passed",
         }, cases[name]
@@ -91,12 +92,12 @@ def test_smoke_on_the_virtual_lab(hello_virt: Built, tmp_path: Path) -> None:
         assert console.count("fleet: system up: slot A") >= 2, console[-2000:]  # and the cycle
         agent_log = (tmp_path / "results" / name / "agent.log").read_text()
         assert "this key may run only" not in agent_log, agent_log  # read with the lab's key
-    # The simulated board has no HTTP app and no console driver: those tests are skipped.
+    # The simulated board has no HTTP app, shell or console driver: those tests are skipped.
     assert cases["hil-s1"]["hil-s1::test_runs_the_release_committed_and_healthy[hil-s1]"] == (
         "passed"
     )
-    assert sorted(cases["hil-s1"].values()) == ["passed", "skipped", "skipped", "skipped"]
-    assert "hil-q1: 4 passed, 0 failed, 0 errors, 0 skipped" in proc.stdout
+    assert sorted(cases["hil-s1"].values()) == ["passed"] + ["skipped"] * 4
+    assert "hil-q1: 5 passed, 0 failed, 0 errors, 0 skipped" in proc.stdout
     boot = ET.parse(out).getroot().find(".//property[@name='boot_to_healthy_s']")
     assert boot is not None and 0 < float(boot.get("value", "0")) < 120
 

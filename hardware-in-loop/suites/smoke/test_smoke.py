@@ -1,8 +1,12 @@
 """Smoke: the board runs the release under test, committed, its app healthy and of the
-right version; it comes back up after a power cycle; and its boot took what the boot
+right version; commands and files go over SSH (where the image has a shell); it comes
+back up after a power cycle; and its boot took what the boot
 chart says (where the board's console is stamped: the virtual lab's boards)."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +15,7 @@ from fleet.hil.board import HilBoard
 from fleet.hil.console import Console
 from fleet.hil.power import Power
 from fleet.hil.release import Release
-from fleet.hil.remote import Http
+from fleet.hil.remote import Http, Ssh
 
 
 def test_runs_the_release_committed_and_healthy(hil_board: HilBoard, release: Release) -> None:
@@ -28,6 +32,17 @@ def test_the_app_answers_its_health_check_and_version(http: Http, release: Relea
     assert status == 200
     status, body = http.get("/version")
     assert (status, body.strip()) == (200, release.version)
+
+
+@pytest.mark.feature("shell")
+def test_commands_and_files_over_ssh(ssh: Ssh, release: Release, tmp_path: Path) -> None:
+    answer = ssh.run(". /etc/fleet/app.env && echo \"$FLEET_APP_VERSION\"")
+    assert answer.ok and answer.stdout.strip() == release.version, answer
+    probe = tmp_path / "probe"
+    probe.write_bytes(os.urandom(200_000))
+    ssh.put(probe, "/run/hil-probe")
+    assert ssh.get("/run/hil-probe") == probe.read_bytes()
+    assert ssh.run("rm /run/hil-probe").ok
 
 
 @pytest.mark.feature("console")
