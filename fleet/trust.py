@@ -99,11 +99,7 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic.fsync_dir(path.parent)
 
 
 def _read_small(path: Path, what: str) -> bytes:

@@ -9,6 +9,7 @@ from fleet.delta.make import (
     MIN_WINDOW_LOG,
     Delta,
     DeltaUnavailable,
+    ceil_log2,
     delta_for,
     window_log_for,
 )
@@ -47,7 +48,7 @@ def choose(
     except DeltaUnavailable as exc:
         return str(exc)
     # The frame's window is never more than the output it reconstructs.
-    window_log = min(window_log, max(MIN_WINDOW_LOG, _ceil_log2(target_size)))
+    window_log = min(window_log, max(MIN_WINDOW_LOG, ceil_log2(target_size)))
     reason = _memory(window_log, available_kib)
     if reason is not None:
         return reason
@@ -89,7 +90,3 @@ def _memory(window_log: int, available_kib: int) -> str | None:
     have = available_kib // 1024
     want = -(-(2 << window_log) // _MIB)
     return f"the board has {have} MiB free; applying this delta needs {want} MiB"
-
-
-def _ceil_log2(value: int) -> int:
-    return max(0, value - 1).bit_length()

@@ -22,6 +22,7 @@ from typing import IO
 
 import zstandard
 
+from fleet import atomic
 from fleet.delta.store import is_sha256, store_root
 from fleet.hashing import hash_file
 from fleet.run import quote
@@ -54,7 +55,7 @@ def window_log_for(size: int) -> int:
     """The window (log2) a delta between payloads of at most ``size`` bytes is made with."""
     if size > MAX_SIZE:
         raise DeltaUnavailable("payloads over 1 GiB are beyond zstd's largest window")
-    return min(MAX_WINDOW_LOG, max(MIN_WINDOW_LOG, _ceil_log2(size) + 1))
+    return min(MAX_WINDOW_LOG, max(MIN_WINDOW_LOG, ceil_log2(size) + 1))
 
 
 # One lock per pair in this process, and a lock file per pair for the other processes:
@@ -141,11 +142,7 @@ def _make(base: Path, base_sha: str, target: Path, target_sha: str, path: Path) 
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic.fsync_dir(path.parent)
 
 
 def _zstd(argv: Sequence[str], stdin: IO[bytes] | None = None) -> None:
@@ -201,7 +198,7 @@ def _cached(path: Path, base_sha: str, target_sha: str) -> Delta | None:
     return Delta(
         path=path,
         size=size,
-        window_log=max(MIN_WINDOW_LOG, _ceil_log2(window)),
+        window_log=max(MIN_WINDOW_LOG, ceil_log2(window)),
         base_sha=base_sha,
         target_sha=target_sha,
     )
@@ -214,7 +211,7 @@ def _size(path: Path, what: str) -> int:
         raise DeltaUnavailable(f"cannot read the {what} payload {path}: {exc.strerror}") from exc
 
 
-def _ceil_log2(value: int) -> int:
+def ceil_log2(value: int) -> int:
     return max(0, value - 1).bit_length()
 
 

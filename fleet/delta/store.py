@@ -98,7 +98,7 @@ def keep(folder: Path, root: Path | None = None) -> Path:
         for tmp, _ in staged:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-    _fsync_dir(payloads)
+    atomic.fsync_dir(payloads)
     # Last: a manifest in the store promises that its payloads are there too.
     target = root / MANIFESTS / f"{sha}.json"
     if not target.exists():
@@ -163,11 +163,3 @@ def _stage(source: Path, folder: Path, payload: Payload) -> Path:
             raise StoreError(f"cannot store {source}: {exc.strerror or exc}") from exc
         raise
     return tmp
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -241,11 +241,3 @@ def next_release(request: pytest.FixtureRequest) -> Release:
     if folder is None:
         pytest.skip("no later release to update to: give --next-release")
     return load(folder, session.policy)
-
-
-@pytest.fixture()
-def trust_path(request: pytest.FixtureRequest) -> Path:
-    path = request.config.getoption("--trust")
-    if path is None:
-        pytest.skip("no trust: give --trust")
-    return Path(path)
