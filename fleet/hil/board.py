@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +79,25 @@ class HilBoard:
 
     def status(self) -> BoardStatus:
         return machine.board_status(self.target)
+
+    def wait_settled(
+        self, timeout: float, health: tuple[str, ...] = ("healthy",), poll: float = 0.5
+    ) -> BoardStatus:
+        """The board's status once it answers on a committed slot with one of ``health``
+        (after a power cut, a reboot, a rollback); a LabError naming what it last showed
+        when that does not come within ``timeout`` seconds (a bricked board)."""
+        deadline = time.monotonic() + timeout
+        problem = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                now = self.status()
+                if now.committed and now.health in health:
+                    return now
+                problem = f"slot {now.running_slot}, health {now.health}"
+            except FleetError as exc:
+                problem = str(exc)
+            time.sleep(poll)
+        raise LabError(f"bricked: board {self.name} not back within {timeout:.0f} s ({problem})")
 
     def open_console(self) -> Console:
         """The board's console from now on (expect-style); what it reads is logged."""

@@ -14,29 +14,12 @@ import time
 
 import pytest
 
-from fleet.errors import FleetError
 from fleet.hil.board import HilBoard
 from fleet.hil.release import Release
 from fleet.update import machine
-from fleet.update.status import BoardStatus
 
 UP_TIMEOUT = 300.0
 TRIAL_WINDOW = 4.0  # seconds after `try` a cut may land in (a sim board's trial: ~3 s)
-
-
-def back_up(board: HilBoard, timeout: float = UP_TIMEOUT) -> BoardStatus:
-    deadline = time.monotonic() + timeout
-    problem = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            now = board.status()
-            if now.committed and now.health == "healthy":
-                return now
-            problem = f"slot {now.running_slot}, health {now.health}"
-        except FleetError as exc:
-            problem = str(exc)
-        time.sleep(0.5)
-    raise AssertionError(f"bricked: {board.name} not back within {timeout:.0f} s ({problem})")
 
 
 def test_cycle(
@@ -93,7 +76,7 @@ def test_cycle(
     if not cut.is_set():  # the trial ended before the cut's moment came: cut now
         cut_now()
     record_property("outcome", result.outcome.value)
-    now = back_up(hil_board)
+    now = hil_board.wait_settled(UP_TIMEOUT)
     assert now.app_version == release.version, (where, now.raw)
     info = now.slot(now.running_slot)
     assert info is not None and info.manifest_sha256 == release.sha256, (where, now.raw)

@@ -19,22 +19,6 @@ from fleet.update.status import BoardStatus
 UP_TIMEOUT = 300.0
 
 
-def back_up(board: HilBoard, timeout: float = UP_TIMEOUT) -> BoardStatus:
-    """The board's status once it answers committed and decided again."""
-    deadline = time.monotonic() + timeout
-    problem = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            now = board.status()
-            if now.committed and now.health in ("healthy", "unhealthy"):
-                return now
-            problem = f"slot {now.running_slot}, health {now.health}"
-        except FleetError as exc:
-            problem = str(exc)
-        time.sleep(1.0)
-    raise AssertionError(f"board {board.name} bricked? not back within {timeout:.0f} s ({problem})")
-
-
 def went_down(board: HilBoard, before: BoardStatus, timeout: float = 60.0) -> None:
     """Returns once the board has gone down for its reboot (or come back already)."""
     deadline = time.monotonic() + timeout
@@ -63,7 +47,7 @@ def test_a_cut_while_streaming_leaves_the_committed_slot(
     result = machine.update(hil_board.target, next_release.folder, options)
     assert cut[0] and result.outcome is Outcome.UNREACHABLE, result
     hil_board.power.on()
-    now = back_up(hil_board)
+    now = hil_board.wait_settled(UP_TIMEOUT, ("healthy", "unhealthy"), poll=1.0)
     assert now.app_version == release.version and now.health == "healthy", now.raw
     assert now.slot("B" if now.running_slot == "A" else "A") is None, now.raw
 
@@ -92,7 +76,7 @@ def test_a_cut_during_the_trial_boot_falls_back(
         went_down(hil_board, before)
     hil_board.power.off()
     hil_board.power.on()
-    now = back_up(hil_board)
+    now = hil_board.wait_settled(UP_TIMEOUT, ("healthy", "unhealthy"), poll=1.0)
     # The cut used the trial's one boot attempt, or came before the bootloader counted it
     # and the trial then ran and committed: either way a committed, healthy board.
     assert now.health == "healthy", now.raw
@@ -107,5 +91,5 @@ def test_the_update_then_commits(hil_board: HilBoard, next_release: Release) -> 
         pytest.skip("already committed by the previous scenario")
     result = machine.update(hil_board.target, next_release.folder, machine.Options(trust=None))
     assert result.outcome is Outcome.UPDATED, result.summary()
-    after = back_up(hil_board)
+    after = hil_board.wait_settled(UP_TIMEOUT, ("healthy", "unhealthy"), poll=1.0)
     assert after.app_version == next_release.version and after.health == "healthy"
