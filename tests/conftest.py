@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +39,31 @@ def fleet(*args: str | Path, check: bool = True, timeout: float = 900,
             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         )
     return proc
+
+
+def _utf8(value: object) -> object:
+    """``value`` with every string made UTF-8 encodable (a lone surrogate written out as
+    ``\\udcXX``)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {key: _utf8(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_utf8(item) for item in value)
+    return value
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_report_to_serializable(
+    config: pytest.Config, report: pytest.TestReport | pytest.CollectReport
+) -> Generator[None, dict[str, object], dict[str, object]]:
+    """A report goes from a pytest-xdist worker to the controller through execnet, which
+    refuses a string that is not UTF-8 encodable (a lone surrogate, as a file name or a
+    board's output decoded with surrogateescape carries): the worker then ends with an
+    INTERNALERROR, its remaining tests are never run and the reason is lost. Such text is
+    escaped here so the test's own result (its failure, its captured log) gets through."""
+    data = yield
+    return {key: _utf8(item) for key, item in data.items()}
 
 
 @pytest.fixture(scope="session", autouse=True)

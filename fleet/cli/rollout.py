@@ -255,7 +255,7 @@ def _print_report(report: ro.Report) -> None:
     from rich.text import Text
 
     table = Table(title=None, box=None, pad_edge=False)
-    for column in ("board", "wave", "outcome", "reason", "slot", "bytes", "seconds"):
+    for column in ("board", "wave", "outcome", "reason", "slot", "bytes", "method", "seconds"):
         table.add_column(column)
     for b in report.boards:
         table.add_row(
@@ -265,6 +265,7 @@ def _print_report(report: ro.Report) -> None:
             Text(b.reason),
             b.slot,
             str(b.bytes_sent),
+            b.method,
             f"{b.seconds:.1f}",
         )
     out.print(table)
@@ -378,7 +379,8 @@ def history(
         why = f": {b.reason}" if b.reason else ""
         out.print(
             f"  {b.name} (wave {b.wave}): {b.outcome or ro.NOT_STARTED}{why}; last step "
-            f"{b.state}, {b.attempts} attempt(s), {b.bytes_sent} bytes",
+            f"{b.state}, {b.attempts} attempt(s), {b.bytes_sent} bytes"
+            f"{f' ({b.method})' if b.method else ''}",
             markup=False,
         )
     for s in steps:

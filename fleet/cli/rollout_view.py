@@ -47,7 +47,9 @@ class PlainView:
 
     def board_done(self, outcome: BoardOutcome) -> None:
         why = f": {outcome.reason}" if outcome.reason else ""
-        self._say(f"{outcome.name}: {outcome.outcome}{why} ({outcome.seconds:.1f} s)")
+        sent = f", {outcome.bytes_sent} bytes" if outcome.bytes_sent else ""
+        how = f" as {outcome.method}" if outcome.method else ""
+        self._say(f"{outcome.name}: {outcome.outcome}{why} ({outcome.seconds:.1f} s{sent}{how})")
 
     def __enter__(self) -> PlainView:
         return self

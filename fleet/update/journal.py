@@ -25,8 +25,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fleet.errors import UsageError
+from fleet.update.result import join_methods
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Each schema's step from the one before: a journal an older fleet wrote stays usable
+# (a rollout it left interrupted can still be resumed) instead of being refused.
+_MIGRATIONS = {
+    2: "ALTER TABLE boards ADD COLUMN method TEXT NOT NULL DEFAULT ''",
+}
 
 # Rollout states. running and paused are live (a controller may hold them); the rest end.
 RUNNING = "running"
@@ -82,6 +88,7 @@ class BoardRecord:
     attempts: int
     started: float | None
     finished: float | None
+    method: str = ""  # how its payloads went in: delta, full or mixed; "" if none did
 
 
 @dataclass(frozen=True)
@@ -111,8 +118,9 @@ class Journal(Protocol):
         detail: str,
         slot: str,
         bytes_sent: int,
+        method: str = "",
     ) -> None: ...
-    def add_bytes(self, rollout_id: int, board: str, sent: int) -> None: ...
+    def add_bytes(self, rollout_id: int, board: str, sent: int, method: str = "") -> None: ...
     def set_state(self, rollout_id: int, state: str, pid: int | None = None) -> None: ...
     def request(self, rollout_id: int, control: str) -> None: ...
     def take_request(self, rollout_id: int) -> str: ...
@@ -135,7 +143,7 @@ CREATE TABLE IF NOT EXISTS boards (
     outcome TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '',
     detail TEXT NOT NULL DEFAULT '', slot TEXT NOT NULL DEFAULT '',
     bytes_sent INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,
-    started REAL, finished REAL,
+    started REAL, finished REAL, method TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (rollout, name)
 );
 CREATE TABLE IF NOT EXISTS steps (
@@ -169,20 +177,46 @@ class SqliteJournal:
             self._db = sqlite3.connect(
                 str(path), timeout=10.0, check_same_thread=False, isolation_level=None
             )
+            # A journal of a schema this fleet does not know is left exactly as it is.
+            found = self._schema()
+            if found is not None and not (found.isdigit() and 1 <= int(found) <= SCHEMA_VERSION):
+                self._db.close()
+                raise JournalError(
+                    f"{path}: journal schema {found}, this fleet reads {SCHEMA_VERSION}"
+                )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
-            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None:
+            if found is None:
                 self._db.execute(
                     "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
                 )
-            elif row[0] != str(SCHEMA_VERSION):
-                raise JournalError(
-                    f"{path}: journal schema {row[0]}, this fleet reads {SCHEMA_VERSION}"
-                )
+            else:
+                self._migrate(int(found))
         except (sqlite3.DatabaseError, OSError) as exc:
             raise JournalError(f"{path}: not a usable rollout journal: {exc}") from exc
+
+    def _schema(self) -> str | None:
+        """The schema the file says it has; None for a new, empty file."""
+        if not self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone():
+            return None
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        return None if row is None else str(row[0])
+
+    def _migrate(self, found: int) -> None:
+        if found == SCHEMA_VERSION:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for version in range(found + 1, SCHEMA_VERSION + 1):
+                self._db.execute(_MIGRATIONS[version])
+            self._db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
+            self._db.execute("COMMIT")
+        except sqlite3.DatabaseError:
+            self._db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -312,7 +346,7 @@ class SqliteJournal:
     def boards(self, rollout_id: int) -> list[BoardRecord]:
         rows = self._read(
             "SELECT rollout, name, wave, position, state, outcome, reason, detail, slot,"
-            " bytes_sent, attempts, started, finished FROM boards WHERE rollout=?"
+            " bytes_sent, attempts, started, finished, method FROM boards WHERE rollout=?"
             " ORDER BY position",
             (rollout_id,),
         )
@@ -345,6 +379,7 @@ class SqliteJournal:
         detail: str,
         slot: str,
         bytes_sent: int,
+        method: str = "",
     ) -> None:
         """The board's last step and its outcome, in one transaction: a journal never
         says done without saying how."""
@@ -356,8 +391,22 @@ class SqliteJournal:
                 " bytes_sent=bytes_sent + ?, finished=? WHERE rollout=? AND name=?",
                 (outcome, reason, detail, slot, bytes_sent, time.time(), rollout_id, board),
             )
+            self._add_method(rollout_id, board, method)
 
         self._transaction(write)
+
+    def _add_method(self, rollout_id: int, board: str, method: str) -> None:
+        """Join this attempt's method to the ones before: a board whose first attempt
+        put deltas in and whose retry sent a payload whole shows mixed."""
+        row = self._db.execute(
+            "SELECT method FROM boards WHERE rollout=? AND name=?", (rollout_id, board)
+        ).fetchone()
+        if row is None:
+            return
+        joined = join_methods(str(row[0]), method)
+        self._db.execute(
+            "UPDATE boards SET method=? WHERE rollout=? AND name=?", (joined, rollout_id, board)
+        )
 
     def _step(self, rollout_id: int, board: str, step: str, info: str) -> None:
         now = time.time()
@@ -374,12 +423,17 @@ class SqliteJournal:
             (step, now, 1 if step == "connect" else 0, rollout_id, board),
         )
 
-    def add_bytes(self, rollout_id: int, board: str, sent: int) -> None:
-        """Bytes a failed attempt sent, kept when the board is tried again."""
-        self._write(
-            "UPDATE boards SET bytes_sent=bytes_sent + ? WHERE rollout=? AND name=?",
-            (sent, rollout_id, board),
-        )
+    def add_bytes(self, rollout_id: int, board: str, sent: int, method: str = "") -> None:
+        """Bytes a failed attempt sent, and how, kept when the board is tried again."""
+
+        def write() -> None:
+            self._db.execute(
+                "UPDATE boards SET bytes_sent=bytes_sent + ? WHERE rollout=? AND name=?",
+                (sent, rollout_id, board),
+            )
+            self._add_method(rollout_id, board, method)
+
+        self._transaction(write)
 
     # ---- the controller's claim ----------------------------------------------------
     @property

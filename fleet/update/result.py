@@ -49,6 +49,15 @@ class Transfer:
     why_full: str = ""  # for a full transfer: why no delta was sent, or why it failed
 
 
+def join_methods(*methods: str) -> str:
+    """The method of several transfers or attempts, each named "delta", "full", "mixed"
+    or "" (nothing went in): "mixed" when both kinds did."""
+    seen = {method for method in methods if method}
+    if not seen:
+        return ""
+    return seen.pop() if len(seen) == 1 else "mixed"
+
+
 @dataclass(frozen=True)
 class UpdateResult:
     target: str
@@ -67,10 +76,7 @@ class UpdateResult:
     @property
     def method(self) -> str:
         """ "delta", "full" or "mixed", by the payloads that went in; "" if none did."""
-        methods = {t.method for t in self.transfers if t.ok}
-        if not methods:
-            return ""
-        return methods.pop() if len(methods) == 1 else "mixed"
+        return join_methods(*(t.method for t in self.transfers if t.ok))
 
     @property
     def exit_code(self) -> int:

@@ -123,6 +123,7 @@ class BoardOutcome:
     bytes_sent: int = 0
     attempts: int = 0
     seconds: float = 0.0
+    method: str = ""  # how its payloads went in: delta, full or mixed; "" if none did
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,7 @@ def outcomes(journal: j.Journal, rollout_id: int) -> list[BoardOutcome]:
                 rec.bytes_sent,
                 rec.attempts,
                 seconds,
+                rec.method,
             )
         )
     return found
@@ -473,7 +475,7 @@ class _Controller:
         if retryable and not (self.halted or self.aborted):
             self.tries[name] = tries + 1
             delay = min(MAX_BACKOFF, float(self.settings.backoff) * float(2**tries))
-            self.journal.add_bytes(self.id, name, res.bytes_sent)
+            self.journal.add_bytes(self.id, name, res.bytes_sent, res.method)
             self.journal.step(self.id, name, "retry", f"in {delay:g} s: {res.reason}")
             self.last_step[name] = "retry"
             self.listener.board_step(name, f"retry in {delay:g} s")
@@ -486,6 +488,7 @@ class _Controller:
             res.detail,
             res.running_slot,
             res.bytes_sent,
+            res.method,
         )
         self._count(res.outcome.value)
         self.listener.board_done(
@@ -499,6 +502,7 @@ class _Controller:
                 res.bytes_sent,
                 tries + 1,
                 res.seconds,
+                res.method,
             )
         )
         self._check_budget()

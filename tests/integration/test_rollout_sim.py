@@ -167,6 +167,9 @@ def test_the_budget_halts_and_boards_not_started_stay_untouched(
     assert outcomes[n[1]] == (2, "updated", "")
     assert outcomes[n[2]] == (2, "rolled-back", "health failed")
     assert all(outcomes[x] == (3, "not-started", "") for x in n[3:])
+    # A simulated board has no delta applier: its payloads go whole.
+    methods = [b["method"] for b in report["boards"]]
+    assert methods == ["full", "full", "full", "", "", ""], report
     now = statuses(f)
     assert [now[x]["status"]["running_slot"] for x in n] == ["B", "B", "A", "A", "A", "A"]
     for untouched in n[3:]:

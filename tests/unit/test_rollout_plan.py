@@ -120,6 +120,92 @@ def test_journal_records_steps_outcomes_and_requests(tmp_path: Path) -> None:
     assert [r.id for r in again.history()] == [record.id]
 
 
+def test_how_a_boards_payloads_went_in_joins_across_its_attempts(tmp_path: Path) -> None:
+    book = j.SqliteJournal(tmp_path / "fleet.rollouts.sqlite")
+    record = book.create(_rollout(), [["a", "b", "c"]])
+    book.finish_board(record.id, "a", "updated", "", "", "B", 9983, "delta")
+    # b's first attempt put its deltas in and was cut; the retry sent a payload whole.
+    book.add_bytes(record.id, "b", 5000, "delta")
+    book.finish_board(record.id, "b", "updated", "", "", "B", 16_000_000, "full")
+    book.finish_board(record.id, "c", "unreachable", "no route", "", "", 0, "")
+    got = {b.name: (b.bytes_sent, b.method) for b in book.boards(record.id)}
+    assert got == {"a": (9983, "delta"), "b": (16_005_000, "mixed"), "c": (0, "")}
+
+
+def test_methods_join_to_delta_full_or_mixed() -> None:
+    assert j.join_methods() == "" and j.join_methods("", "") == ""
+    assert j.join_methods("delta", "delta", "") == "delta"
+    assert j.join_methods("full") == "full"
+    assert j.join_methods("delta", "full") == "mixed"
+    assert j.join_methods("mixed", "delta") == "mixed"
+
+
+# The journal as the first fleet with rollouts wrote it (schema 1: no method column).
+_SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema', '1');
+CREATE TABLE rollouts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    release TEXT NOT NULL, release_number INTEGER NOT NULL, version TEXT NOT NULL,
+    manifest_sha256 TEXT NOT NULL, inventory TEXT NOT NULL, grp TEXT NOT NULL,
+    options TEXT NOT NULL, state TEXT NOT NULL, control TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL, finished REAL, controller_pid INTEGER
+);
+CREATE TABLE boards (
+    rollout INTEGER NOT NULL REFERENCES rollouts(id), name TEXT NOT NULL,
+    wave INTEGER NOT NULL, position INTEGER NOT NULL, state TEXT NOT NULL,
+    outcome TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT '', slot TEXT NOT NULL DEFAULT '',
+    bytes_sent INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,
+    started REAL, finished REAL,
+    PRIMARY KEY (rollout, name)
+);
+CREATE TABLE steps (
+    rollout INTEGER NOT NULL, board TEXT NOT NULL, seq INTEGER NOT NULL,
+    step TEXT NOT NULL, at REAL NOT NULL, info TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (rollout, board, seq)
+);
+INSERT INTO rollouts (release, release_number, version, manifest_sha256, inventory, grp,
+    options, state, created) VALUES ('/r', 3, '3.0.0', 'ab', '/inv.toml', '', '{}',
+    'running', 1.0);
+INSERT INTO boards (rollout, name, wave, position, state, bytes_sent)
+    VALUES (1, 'a', 0, 0, 'install rootfs', 700);
+"""
+
+
+def test_a_journal_an_older_fleet_wrote_is_brought_up_to_date(tmp_path: Path) -> None:
+    """An interrupted rollout in an old journal can still be resumed by this fleet."""
+    import sqlite3
+
+    path = tmp_path / "fleet.rollouts.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(_SCHEMA_1)
+    book = j.SqliteJournal(path)
+    (a,) = book.boards(1)
+    assert (a.state, a.bytes_sent, a.method) == ("install rootfs", 700, "")
+    book.finish_board(1, "a", "updated", "", "", "B", 300, "delta")
+    assert book.boards(1)[0].method == "delta"
+    book.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == (
+            str(j.SCHEMA_VERSION),)
+
+
+@pytest.mark.parametrize("schema", ["99", "x", "0"])
+def test_a_journal_of_a_schema_this_fleet_does_not_know_is_refused(
+    tmp_path: Path, schema: str
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "fleet.rollouts.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(_SCHEMA_1.replace("'schema', '1'", f"'schema', '{schema}'"))
+    before = path.read_bytes()
+    with pytest.raises(j.JournalError, match=f"journal schema {schema}, this fleet reads 2"):
+        j.SqliteJournal(path)
+    assert path.read_bytes() == before
+
+
 def test_a_file_that_is_not_a_journal_is_refused(tmp_path: Path) -> None:
     bad = tmp_path / "x.sqlite"
     bad.write_bytes(b"not sqlite at all" * 100)
