@@ -31,8 +31,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from fleet import bootstate, data_dir
 from fleet.image.rootfs import APP_UID, shell_env
 from fleet.lab import simrelease, simtree
+from fleet.release import load_manifest, manifest_sha256, write_manifest
+from fleet.trust import sign_release
 
 SIGNIFY = shutil.which("signify-openbsd")
 CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
@@ -182,6 +185,45 @@ class AgentTree:
     def agent(self, *args: str, data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
         return self.run(*args, data=data)
 
+    def set_meminfo(self, available_kib: int | None) -> None:
+        """/proc/meminfo with MemAvailable (None: no /proc/meminfo at all)."""
+        path = self.root / "proc/meminfo"
+        if available_kib is None:
+            path.unlink(missing_ok=True)
+            return
+        path.write_text(
+            f"MemTotal:        1000000 kB\nMemFree:          10000 kB\n"
+            f"MemAvailable:   {available_kib:8d} kB\n"
+        )
+
+    def add_applier(self, applier: Path) -> None:
+        target = self.root / "usr/sbin/fleet-delta"
+        shutil.copyfile(applier, target)
+        target.chmod(0o755)
+
+    def hold_in_running_slot(self, release: Path, record: bool = False) -> None:
+        """Slot A (partitions 2 and 5, the running slot) written with RELEASE's payloads;
+        with ``record``, its boot state says so too, as a flashed disk's does."""
+        manifest = load_manifest(release)
+        for payload in manifest.payloads:
+            with open(self.loops[{"boot": 2, "rootfs": 5}[payload.name]], "r+b") as part:
+                part.write((release / payload.file).read_bytes())
+        if not record:
+            return
+        state = bootstate.BootState(
+            seq=1,
+            floor=manifest.release,
+            slot_a=f"{manifest.release}:{manifest.version}:{manifest_sha256(release)}",
+        )
+        subprocess.run(["mount", "-o", "remount,rw", str(self.firmware)], check=True)
+        try:
+            (self.firmware / "fleet").mkdir(exist_ok=True)
+            (self.firmware / bootstate.COPIES[0]).write_bytes(bootstate.encode(state))
+            (self.firmware / bootstate.COPIES[1]).unlink(missing_ok=True)
+        finally:
+            subprocess.run(["mount", "-o", "remount,ro", str(self.firmware)], check=True)
+        self.set_app(manifest.version, manifest.release)
+
     def partition(self, number: int) -> bytes:
         return (self.root / "parts" / f"p{number}.img").read_bytes()
 
@@ -230,3 +272,34 @@ def make_release(
 ) -> Path:
     """A signed release of small payloads (boot.img, rootfs.img) for the agent tree."""
     return simrelease.make_release(folder, key, number, board=board, size=size, app="hello")
+
+
+def build_applier(folder: Path) -> Path:
+    """fleet-delta, the board's delta applier, built for this machine from its source."""
+    out = folder / "fleet-delta"
+    subprocess.run(
+        ["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", out,
+         data_dir("device") / "fleet-delta.c", "-Wl,-Bstatic", "-lzstd", "-Wl,-Bdynamic"],
+        check=True,
+    )
+    return out
+
+
+def related_release(base: Path, folder: Path, key: Path, number: int) -> Path:
+    """Release NUMBER whose payloads are BASE's with ten bytes changed, signed by KEY."""
+    import dataclasses
+    import hashlib
+
+    folder.mkdir()
+    manifest = load_manifest(base)
+    payloads = []
+    for payload in manifest.payloads:
+        data = bytearray((base / payload.file).read_bytes())
+        data[1000:1010] = b"0123456789"
+        (folder / payload.file).write_bytes(data)
+        payloads.append(
+            dataclasses.replace(payload, sha256=hashlib.sha256(bytes(data)).hexdigest()))
+    write_manifest(folder, dataclasses.replace(
+        manifest, release=number, version=f"{number}.0.0", payloads=tuple(payloads)))
+    sign_release(folder, key)
+    return folder

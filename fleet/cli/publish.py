@@ -113,6 +113,22 @@ def publish(
     wave_time: Annotated[
         str, typer.Option("--wave-time", help="How long --watch waits for a wave's reports.")
     ] = "30m",
+    delta_from: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--delta-from",
+            help="A release folder boards may still run (e.g. the factory image's): its "
+            "boards fetch deltas from it too. Repeat for several.",
+        ),
+    ] = None,
+    deltas: Annotated[
+        bool,
+        typer.Option(
+            "--deltas/--no-deltas",
+            help="Publish deltas from the release the group offered before (and from "
+            "--delta-from), so boards fetch only what changed.",
+        ),
+    ] = True,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Publish a signed release for boards that pull: payloads under content-addressed
@@ -178,7 +194,21 @@ def publish(
         if not json_out:
             err.print(text, markup=False)
 
-    first = pub.publish(store, release, group, steps[0], targets_keys, ts_key, life, ts_life, say)
+    if delta_from and not deltas:
+        raise UsageError("--delta-from names bases for deltas; drop --no-deltas")
+    first = pub.publish(
+        store,
+        release,
+        group,
+        steps[0],
+        targets_keys,
+        ts_key,
+        life,
+        ts_life,
+        say,
+        delta_from=delta_from or (),
+        deltas=deltas,
+    )
     pub.write_grants(store, group, boards, 2 * ts_life)
     waves: list[rep.WaveResult] = []
     halted = False
@@ -238,7 +268,8 @@ def _finish(
         out.print(message, markup=False)
         out.print(
             f"  {first.uploaded} object(s) uploaded ({first.bytes_sent} bytes), "
-            f"{first.skipped} already there; targets {first.targets_version}, "
+            f"{first.skipped} already there, {first.deltas} delta(s) listed; targets "
+            f"{first.targets_version}, "
             f"timestamp {first.timestamp_version}",
             markup=False,
         )
@@ -267,8 +298,9 @@ def published_status(
             out.print(f"{r.board}: {r.problem}", markup=False)
             continue
         target = f" (release {r.target_release})" if r.target_release is not None else ""
+        fetched = f", {r.fetched} bytes fetched ({r.method})" if r.method else ""
         out.print(
-            f"{r.board} [{r.group}]: {r.result}{target}; runs {r.version} "
+            f"{r.board} [{r.group}]: {r.result}{target}{fetched}; runs {r.version} "
             f"(release {r.release}) from slot {r.slot}" + (f"; {r.reason}" if r.reason else ""),
             markup=False,
         )

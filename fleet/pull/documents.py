@@ -32,6 +32,9 @@ TIMESTAMP_TYPE = "fleet-timestamp"
 # What a board takes from the store for each (fleet/device/pull has the same bounds).
 MAX_TIMESTAMP = 4096
 MAX_TARGETS = 64 << 10
+# A delta index (fleet.pull.deltas): a line is about 220 bytes, so some 70 bases of two
+# payloads each.
+MAX_DELTA_INDEX = 32 << 10
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -57,15 +60,21 @@ class Target:
     manifest: str  # SHA-256 of manifest.json: the object's name in objects/
     manifest_size: int
     percent: int
+    deltas: str = ""  # SHA-256 of its delta index in objects/ (fleet.pull.deltas), or ""
+    deltas_size: int = 0
 
     def as_document(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "manifest": self.manifest,
             "manifest_size": self.manifest_size,
             "percent": self.percent,
             "release": self.release,
             "version": self.version,
         }
+        if self.deltas:
+            doc["deltas"] = self.deltas
+            doc["deltas_size"] = self.deltas_size
+        return doc
 
 
 @dataclass(frozen=True)
@@ -141,12 +150,20 @@ def parse_targets(data: bytes, what: str = "targets document") -> Targets:
         percent = _field(entry, "percent", int, where)
         if not _HEX64.match(sha) or not 0 <= percent <= 100:
             raise DocumentError(f"{where}: bad manifest hash or percentage")
+        deltas, deltas_size = "", 0
+        if "deltas" in entry:
+            deltas = _field(entry, "deltas", str, where)
+            deltas_size = _field(entry, "deltas_size", int, where)
+            if not _HEX64.match(deltas) or not 0 < deltas_size <= MAX_DELTA_INDEX:
+                raise DocumentError(f"{where}: bad delta index hash or size")
         targets[profile] = Target(
             release=_field(entry, "release", int, where),
             version=_field(entry, "version", str, where),
             manifest=sha,
             manifest_size=_field(entry, "manifest_size", int, where),
             percent=percent,
+            deltas=deltas,
+            deltas_size=deltas_size,
         )
     return Targets(
         group=check_group(_field(doc, "group", str, what)),

@@ -20,9 +20,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fleet.errors import ReleaseError
+from fleet.pull import deltas as dl
 from fleet.pull import documents as d
 from fleet.pull.store import IMMUTABLE, SHORT, S3Store, Store
-from fleet.release import manifest_from_bytes, read_manifest_bytes
+from fleet.release import Manifest, manifest_from_bytes, read_manifest_bytes
 from fleet.trust import check_payloads, read_signatures
 from signing.canonical import canonical_bytes
 from signing.errors import SigningError
@@ -120,6 +121,7 @@ class Published:
     skipped: int  # objects already in the store
     bytes_sent: int
     changed: bool  # False: the store already said exactly this
+    deltas: int = 0  # deltas the targets entry lists (from every base)
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -175,7 +177,12 @@ def publish(
     timestamp_expires_s: int,
     say: Say = lambda _: None,
     now: Callable[[], float] = time.time,
+    delta_from: Sequence[Path] = (),
+    deltas: bool = True,
 ) -> Published:
+    """Steps 1 to 3 for the release in ``folder``. With ``deltas``, each payload also goes
+    as a delta from the release the group offered this profile before and from each
+    release folder in ``delta_from`` (fleet.pull.deltas)."""
     d.check_group(group)
     if not 0 <= percent <= 100:
         raise ReleaseError(f"--percent {percent}: from 0 to 100")
@@ -183,21 +190,38 @@ def publish(
     manifest = manifest_from_bytes(data)
     current = read_current(store, group, [timestamp_key.public], [k.public for k in targets_keys])
     sha, uploaded, skipped, sent = upload_release(store, folder, say)
+    old = current.targets
+    before = old.targets.get(manifest.board) if old is not None else None
+    if before is not None and before.release > manifest.release:
+        raise ReleaseError(
+            f"group {group} already has release {before.release} for {manifest.board}; "
+            f"boards refuse release {manifest.release}"
+        )
+    index: list[dl.Entry] = []
+    if deltas:
+        index, delta_bytes = _deltas(store, folder, manifest, sha, before, delta_from, say)
+        sent += delta_bytes
+    listing = dl.index_bytes(index)
+    if len(listing) > d.MAX_DELTA_INDEX:
+        raise ReleaseError(
+            f"the delta index of {len(index)} deltas is over the boards' bound of "
+            f"{d.MAX_DELTA_INDEX} bytes: name fewer --delta-from releases"
+        )
+    if index:
+        index_sha = hashlib.sha256(listing).hexdigest()
+        if store.exists(objects_name(index_sha)) != len(listing):
+            store.put_bytes(objects_name(index_sha), listing, IMMUTABLE)
+            uploaded += 1
+            sent += len(listing)
     entry = d.Target(
         release=manifest.release,
         version=manifest.version,
         manifest=sha,
         manifest_size=len(data),
         percent=percent,
+        deltas=hashlib.sha256(listing).hexdigest() if index else "",
+        deltas_size=len(listing) if index else 0,
     )
-    old = current.targets
-    if old is not None:
-        before = old.targets.get(manifest.board)
-        if before is not None and before.release > manifest.release:
-            raise ReleaseError(
-                f"group {group} already has release {before.release} for {manifest.board}; "
-                f"boards refuse release {manifest.release}"
-            )
     clock = int(now())
     changed = old is None or old.targets.get(manifest.board) != entry
     if changed:
@@ -230,7 +254,47 @@ def publish(
         skipped,
         sent,
         changed,
+        len(index),
     )
+
+
+def _deltas(
+    store: Store,
+    folder: Path,
+    manifest: Manifest,
+    sha: str,
+    before: d.Target | None,
+    delta_from: Sequence[Path],
+    say: Say,
+) -> tuple[list[dl.Entry], int]:
+    """The delta index of the release: from the group's previous release of this profile
+    and from ``delta_from``. Publishing the group's current release again keeps the
+    deltas its index already lists, so a second publish (a new percentage, a retry) never
+    takes them away."""
+    bases: dict[str, dl.Base] = {}
+    kept: list[dl.Entry] = []
+    if before is not None and before.manifest != sha:
+        base = dl.load_base(store, before.manifest)
+        if base is None:
+            say(f"no deltas from release {before.release}: its manifest is in neither store")
+        else:
+            bases[base.manifest_sha] = base
+    elif before is not None and before.deltas:
+        raw = store.get(objects_name(before.deltas), d.MAX_DELTA_INDEX)
+        if raw is not None and hashlib.sha256(raw).hexdigest() == before.deltas:
+            kept = dl.parse_index(raw, f"{store.url}: {objects_name(before.deltas)}")
+    for path in delta_from:
+        base = dl.base_of_folder(path)
+        bases.setdefault(base.manifest_sha, base)
+    fresh = [
+        b
+        for b in bases.values()
+        if b.manifest_sha != sha
+        and b.manifest.release < manifest.release
+        and not any(e.base == b.manifest_sha for e in kept)
+    ]
+    made, sent = dl.make_deltas(store, folder, manifest, fresh, say)
+    return kept + made, sent
 
 
 def _write_targets(store: Store, targets: d.Targets, keys: Sequence[SecretKey]) -> None:

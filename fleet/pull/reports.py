@@ -20,6 +20,7 @@ from fleet.update.waves import Budget
 
 RESULTS = ("updated", "rolled-back", "refused")
 FAILED = ("rolled-back", "refused")
+METHODS = ("delta", "full", "mixed")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _TEXT_MAX = 512
 
@@ -37,6 +38,8 @@ class Report:
     reason: str | None = None
     host_key_sha256: str | None = None
     time: int | None = None
+    method: str | None = None  # how the payloads came: delta, full or mixed
+    fetched: int | None = None  # payload bytes the board fetched for its target
     problem: str | None = None  # set when the report could not be read
 
     def as_dict(self) -> dict[str, Any]:
@@ -67,6 +70,9 @@ def parse_report(board: str, data: bytes) -> Report:
         if result is not None and result not in RESULTS:
             raise ValueError(f"result {result[:32]!r} is not one of {', '.join(RESULTS)}")
         slot = _opt(doc, "slot", str)
+        method = _opt(doc, "method", str)
+        if method is not None and method not in METHODS:
+            raise ValueError(f"method {method[:32]!r} is not one of {', '.join(METHODS)}")
         return Report(
             board=board,
             group=_opt(doc, "group", str),
@@ -79,6 +85,8 @@ def parse_report(board: str, data: bytes) -> Report:
             reason=_opt(doc, "reason", str),
             host_key_sha256=_opt(doc, "host_key_sha256", str),
             time=_opt(doc, "time", int),
+            method=method,
+            fetched=_opt(doc, "fetched", int),
         )
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         return Report(board=board, problem=f"malformed report: {exc}")

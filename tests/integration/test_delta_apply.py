@@ -7,38 +7,34 @@ frame that makes another size; each is refused with one line and nothing is inst
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import random
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from fleet import data_dir
 from fleet.delta.make import delta_for
-from fleet.release import load_manifest, write_manifest
-from fleet.trust import generate_key, sign_release
+from fleet.release import load_manifest
+from fleet.trust import generate_key
 from fleet.update.machine import manifest_upload
-from tests.agent_tree import AgentTree, available, make_release
+from tests.agent_tree import (
+    AgentTree,
+    available,
+    build_applier,
+    make_release,
+    related_release,
+)
 
 pytestmark = pytest.mark.integration
 
-SOURCE = data_dir("device") / "fleet-delta.c"
 SIZE = 3_000_000
 
 
 @pytest.fixture(scope="module")
 def applier(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("applier") / "fleet-delta"
-    subprocess.run(
-        ["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", out, SOURCE,
-         "-Wl,-Bstatic", "-lzstd", "-Wl,-Bdynamic"],
-        check=True,
-    )
-    return out
+    return build_applier(tmp_path_factory.mktemp("applier"))
 
 
 @pytest.fixture(scope="module")
@@ -201,45 +197,9 @@ def tree(
         pytest.skip("needs root, busybox, signify-openbsd, gcc")
     made = generate_key(tmp_path_factory.mktemp("keys"), "release")
     board = AgentTree(tmp_path_factory.mktemp("board") / "root", [made.public])
-    shutil.copyfile(applier, board.root / "usr/sbin/fleet-delta")
-    (board.root / "usr/sbin/fleet-delta").chmod(0o755)
+    board.add_applier(applier)
     yield board, made.secret
     board.close()
-
-
-def meminfo(tree: AgentTree, available_kib: int | None) -> None:
-    path = tree.root / "proc/meminfo"
-    if available_kib is None:
-        path.unlink(missing_ok=True)
-        return
-    path.write_text(
-        f"MemTotal:        1000000 kB\nMemFree:          10000 kB\n"
-        f"MemAvailable:   {available_kib:8d} kB\n"
-    )
-
-
-def running_slot_holds(tree: AgentTree, release: Path) -> None:
-    """Slot A (partitions 2 and 5, the running slot) written with RELEASE's payloads."""
-    for name, number in (("boot", 2), ("rootfs", 5)):
-        data = (release / f"{name}.img").read_bytes()
-        with open(tree.loops[number], "r+b") as part:
-            part.write(data)
-
-
-def related(base: Path, folder: Path, key: Path, number: int) -> Path:
-    """Release NUMBER whose payloads are BASE's with ten bytes changed, signed by KEY."""
-    folder.mkdir()
-    manifest = load_manifest(base)
-    payloads = []
-    for payload in manifest.payloads:
-        data = bytearray((base / payload.file).read_bytes())
-        data[1000:1010] = b"0123456789"
-        (folder / payload.file).write_bytes(data)
-        payloads.append(dataclasses.replace(payload, sha256=sha(bytes(data))))
-    write_manifest(folder, dataclasses.replace(
-        manifest, release=number, version=f"{number}.0.0", payloads=tuple(payloads)))
-    sign_release(folder, key)
-    return folder
 
 
 def sha(data: bytes) -> str:
@@ -252,9 +212,9 @@ def test_install_delta_rebuilds_the_slot_and_it_is_recorded(
 ) -> None:
     board, key = tree
     base = make_release(tmp_path / "r1", key, 1, size=400_000)
-    target = related(base, tmp_path / "r2", key, 2)
-    running_slot_holds(board, base)
-    meminfo(board, 500_000)
+    target = related_release(base, tmp_path / "r2", key, 2)
+    board.hold_in_running_slot(base)
+    board.set_meminfo(500_000)
     assert board.agent("status").returncode == 0
     proc = board.agent("install-manifest", data=manifest_upload(target))
     assert proc.returncode == 0, proc.stderr
@@ -280,7 +240,7 @@ def test_install_delta_refusals_leave_the_slot_unbootable(
     board, key = tree
     base = make_release(tmp_path / "r1", key, 1, size=400_000)
     target = make_release(tmp_path / "r3", key, 3, size=400_000)
-    running_slot_holds(board, base)
+    board.hold_in_running_slot(base)
     proc = board.agent("install-manifest", data=manifest_upload(target))
     assert proc.returncode == 0, proc.stderr
     old = load_manifest(base).payload("rootfs")
@@ -294,14 +254,14 @@ def test_install_delta_refusals_leave_the_slot_unbootable(
         (100, delta, "the delta was refused (the delta needs a "),
     ]
     for available_kib, data, said in cases:
-        meminfo(board, available_kib)
+        board.set_meminfo(available_kib)
         proc = board.agent("install-delta", "rootfs", str(old.size), data=data)
         err = proc.stderr.decode()
         assert proc.returncode == 3 and said in err, (said, err)
         assert len(err.strip().splitlines()) == 1, err
         status = board.agent("status")
         assert b'"B":null' in status.stdout, status.stdout
-    meminfo(board, 500_000)
+    board.set_meminfo(500_000)
     for args, said in (
         (("rootfs", "0"), "base size '0' is not a number"),
         (("rootfs", "12x"), "base size '12x' is not a number"),

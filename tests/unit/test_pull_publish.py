@@ -20,6 +20,7 @@ from fleet.pull import reports as rep
 from fleet.pull.phasing import bucket, in_wave
 from fleet.pull.store import DirStore, StoreError
 from fleet.update.waves import Budget
+from signing.canonical import canonical_bytes
 
 pytestmark = pytest.mark.unit
 DAY = 86400
@@ -197,3 +198,38 @@ def test_percentages() -> None:
     for bad in ("50,10", "101", "x", ""):
         with pytest.raises(UsageError):
             percents(bad)
+
+
+_LINE = f"{'a' * 64} rootfs 4096 {'b' * 64} 123\n"
+
+
+@pytest.mark.parametrize(("data", "problem"), [
+    (_LINE.encode()[:-1], "its last line is cut off"),
+    (_LINE.replace("rootfs", "root fs").encode(), "line 1 is malformed"),
+    (_LINE.replace("4096", "-1").encode(), "line 1 is malformed"),
+    (_LINE.replace("a" * 64, "A" * 64).encode(), "line 1 is malformed"),
+    ((_LINE + _LINE.replace("123", "12 extra")).encode(), "line 2 is malformed"),
+    ("é\n".encode(), "not ASCII"),
+    (_LINE.encode() * 300, "larger than 32768 bytes"),
+])
+def test_a_delta_index_is_read_as_a_board_reads_it(data: bytes, problem: str) -> None:
+    from fleet.pull import deltas as dl
+
+    with pytest.raises(ReleaseError, match=problem):
+        dl.parse_index(data)
+    (entry,) = dl.parse_index(_LINE.encode())
+    assert (entry.payload, entry.base_size, entry.size) == ("rootfs", 4096, 123)
+    assert dl.index_bytes([entry]) == _LINE.encode()
+
+
+@pytest.mark.parametrize("change", [{"deltas": "x" * 64}, {"deltas_size": 0},
+                                    {"deltas_size": 40000}, {"deltas": 5}])
+def test_a_targets_entry_with_a_bad_delta_index_is_refused(change: dict[str, object]) -> None:
+    entry = {"manifest": "c" * 64, "manifest_size": 900, "percent": 100, "release": 2,
+             "version": "2.0.0", "deltas": "d" * 64, "deltas_size": 220}
+    doc = {"expires": 1, "group": "lobby", "targets": {"qemu-virt-arm64": entry},
+           "type": "fleet-targets", "version": 3}
+    assert d.parse_targets(canonical_bytes(doc)).targets["qemu-virt-arm64"].deltas == "d" * 64
+    entry.update(change)  # type: ignore[arg-type]
+    with pytest.raises(d.DocumentError):
+        d.parse_targets(canonical_bytes(doc))
