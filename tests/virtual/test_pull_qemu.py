@@ -18,6 +18,7 @@ import pytest
 
 from fleet.pull import nginx
 from fleet.pull.phasing import in_wave
+from fleet.release import load_manifest
 from tests.conftest import NEEDS_QEMU, Built, copy_example, fleet, timestamp_key, with_pull
 from tests.pull_board import ca_and_server_cert
 
@@ -147,20 +148,27 @@ def publish(lab: Lab, release: Path, *args: str, check: bool = True) -> tuple[di
 
 
 def test_waves_by_phasing_then_a_broken_release_halts_the_watch(
-    lab: Lab, hello_v2_virt: Path, broken_v3: Path
+    lab: Lab, hello_virt: Built, hello_v2_virt: Path, broken_v3: Path
 ) -> None:
-    first, _ = publish(lab, hello_v2_virt, "--percent", "50")
+    # The boards were flashed with release 1, which this store never offered: named
+    # with --delta-from, it is a base the boards fetch deltas from.
+    first, _ = publish(lab, hello_v2_virt, "--percent", "50",
+                       "--delta-from", str(hello_virt.release))
+    assert first["deltas"] == 2, first
+    full = sum(p.size for p in load_manifest(hello_v2_virt).payloads)
     got = wait_report(lab, inside(2), 2)
     assert got["result"] == "updated" and got["release"] == 2 and got["slot"] == "B", got
+    assert got["method"] == "delta" and 0 < int(str(got["fetched"])) < 0.03 * full, (got, full)
     # The other board has read that very targets document, and stays where it was.
     wait_seen(outside(2), first["targets_version"])
     other = runs(outside(2))
     assert other["app"]["release"] == 1 and other["slots"]["B"] is None, other
     assert report(lab, outside(2)) is None
 
-    publish(lab, hello_v2_virt, "--percent", "100")
+    again, _ = publish(lab, hello_v2_virt, "--percent", "100")
+    assert again["deltas"] == 2, again  # the next wave keeps the deltas
     got = wait_report(lab, outside(2), 2)
-    assert got["result"] == "updated" and got["release"] == 2, got
+    assert got["result"] == "updated" and got["release"] == 2 and got["method"] == "delta", got
     assert all(runs(b)["app"]["release"] == 2 for b in BOARDS)
 
     # Release 3 is broken: the board inside the first wave tries it, rolls back by itself
@@ -171,6 +179,7 @@ def test_waves_by_phasing_then_a_broken_release_halts_the_watch(
     assert result["waves"][0]["failed"] == [inside(3)], result
     got = report(lab, inside(3))
     assert got is not None and got["result"] == "rolled-back" and got["release"] == 2, got
+    assert got["method"] == "delta", got  # from release 2, the group's previous one
     assert runs(inside(3))["app"]["release"] == 2
     wait_seen(outside(3), result["targets_version"])
     assert runs(outside(3))["app"]["release"] == 2
