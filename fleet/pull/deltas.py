@@ -93,10 +93,16 @@ def load_base(store: Store, manifest_sha: str) -> Base | None:
     return Base(manifest_sha, manifest_from_bytes(data))
 
 
-def base_of_folder(folder: Path) -> Base:
-    """``--delta-from FOLDER``: a release folder as a base."""
+def base_of_folder(folder: Path, target: Manifest) -> Base:
+    """``--delta-from FOLDER``: a release folder as a base for ``target``."""
     data = read_manifest_bytes(folder)
-    return Base(hashlib.sha256(data).hexdigest(), manifest_from_bytes(data), folder)
+    manifest = manifest_from_bytes(data)
+    if manifest.board != target.board:
+        raise ReleaseError(
+            f"--delta-from {folder}: release {manifest.release} is for {manifest.board}, "
+            f"this one for {target.board}"
+        )
+    return Base(hashlib.sha256(data).hexdigest(), manifest, folder)
 
 
 def make_deltas(
@@ -113,11 +119,6 @@ def make_deltas(
     sent = 0
     with tempfile.TemporaryDirectory(prefix="fleet-publish-") as tmp:
         for base in bases:
-            if base.manifest.board != target.board:
-                raise ReleaseError(
-                    f"--delta-from: release {base.manifest.release} is for "
-                    f"{base.manifest.board}, this one for {target.board}"
-                )
             for payload in target.payloads:
                 try:
                     old = base.manifest.payload(payload.name)

@@ -188,6 +188,8 @@ def publish(
         raise ReleaseError(f"--percent {percent}: from 0 to 100")
     data = read_manifest_bytes(folder)
     manifest = manifest_from_bytes(data)
+    # Every --delta-from is read and checked before anything is uploaded.
+    named = [dl.base_of_folder(path, manifest) for path in delta_from] if deltas else []
     current = read_current(store, group, [timestamp_key.public], [k.public for k in targets_keys])
     sha, uploaded, skipped, sent = upload_release(store, folder, say)
     old = current.targets
@@ -199,7 +201,7 @@ def publish(
         )
     index: list[dl.Entry] = []
     if deltas:
-        index, delta_bytes = _deltas(store, folder, manifest, sha, before, delta_from, say)
+        index, delta_bytes = _deltas(store, folder, manifest, sha, before, named, say)
         sent += delta_bytes
     listing = dl.index_bytes(index)
     if len(listing) > d.MAX_DELTA_INDEX:
@@ -264,13 +266,13 @@ def _deltas(
     manifest: Manifest,
     sha: str,
     before: d.Target | None,
-    delta_from: Sequence[Path],
+    named: Sequence[dl.Base],
     say: Say,
 ) -> tuple[list[dl.Entry], int]:
     """The delta index of the release: from the group's previous release of this profile
-    and from ``delta_from``. Publishing the group's current release again keeps the
-    deltas its index already lists, so a second publish (a new percentage, a retry) never
-    takes them away."""
+    and from the ``named`` ones (--delta-from). Publishing the group's current release
+    again keeps the deltas its index already lists, so a second publish (a new
+    percentage, a retry) never takes them away."""
     bases: dict[str, dl.Base] = {}
     kept: list[dl.Entry] = []
     if before is not None and before.manifest != sha:
@@ -283,8 +285,7 @@ def _deltas(
         raw = store.get(objects_name(before.deltas), d.MAX_DELTA_INDEX)
         if raw is not None and hashlib.sha256(raw).hexdigest() == before.deltas:
             kept = dl.parse_index(raw, f"{store.url}: {objects_name(before.deltas)}")
-    for path in delta_from:
-        base = dl.base_of_folder(path)
+    for base in named:
         bases.setdefault(base.manifest_sha, base)
     fresh = [
         b

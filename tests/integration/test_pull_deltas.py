@@ -239,7 +239,7 @@ def test_an_image_without_an_applier_fetches_whole_payloads(
     assert "this image has no delta applier; payloads go whole" in log(board)
 
 
-def test_no_deltas_and_a_base_of_another_board_are_refused_up_front(
+def test_no_deltas_and_a_base_of_another_board_refused_before_anything_is_sent(
     tmp_path: Path, keys: Keys, releases: Releases
 ) -> None:
     store = tmp_path / "store"
@@ -248,3 +248,5 @@ def test_no_deltas_and_a_base_of_another_board_are_refused_up_front(
     assert b'"deltas"' not in next((store / "groups/lobby/targets").glob("*.json")).read_bytes()
     with pytest.raises(ReleaseError, match="release 1 is for rpi4b, this one for qemu-virt"):
         publish(tmp_path / "other", releases.r2, keys, delta_from=[releases.other_board])
+    other = tmp_path / "other"
+    assert not other.exists() or not [p for p in other.rglob("*") if p.is_file()]
