@@ -128,7 +128,7 @@ def make_deltas(
                 if source is None:
                     say(
                         f"no delta for {payload.name} from release {base.manifest.release}: "
-                        "its payload is in neither store"
+                        "its payload is in no folder or store at hand"
                     )
                     continue
                 try:
