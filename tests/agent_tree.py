@@ -285,8 +285,9 @@ def build_applier(folder: Path) -> Path:
     return out
 
 
-def related_release(base: Path, folder: Path, key: Path, number: int) -> Path:
-    """Release NUMBER whose payloads are BASE's with ten bytes changed, signed by KEY."""
+def related_release(base: Path, folder: Path, key: Path, number: int, at: int = 1000) -> Path:
+    """Release NUMBER whose payloads are BASE's with ten bytes changed at offset AT, signed
+    by KEY."""
     import dataclasses
     import hashlib
 
@@ -295,7 +296,7 @@ def related_release(base: Path, folder: Path, key: Path, number: int) -> Path:
     payloads = []
     for payload in manifest.payloads:
         data = bytearray((base / payload.file).read_bytes())
-        data[1000:1010] = b"0123456789"
+        data[at : at + 10] = b"0123456789"
         (folder / payload.file).write_bytes(data)
         payloads.append(
             dataclasses.replace(payload, sha256=hashlib.sha256(bytes(data)).hexdigest()))

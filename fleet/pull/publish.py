@@ -260,6 +260,22 @@ def publish(
     )
 
 
+# How many of the bases the group offered before a new release keeps: the previous
+# release and the newest it had deltas from. Older boards fetch whole payloads, unless
+# named with --delta-from.
+CARRIED = 3
+
+
+def _index_of(store: Store, target: d.Target) -> list[dl.Entry]:
+    """The delta index a targets entry names, if the store has it as signed for."""
+    if not target.deltas:
+        return []
+    raw = store.get(objects_name(target.deltas), d.MAX_DELTA_INDEX)
+    if raw is None or hashlib.sha256(raw).hexdigest() != target.deltas:
+        return []
+    return dl.parse_index(raw, f"{store.url}: {objects_name(target.deltas)}")
+
+
 def _deltas(
     store: Store,
     folder: Path,
@@ -269,22 +285,25 @@ def _deltas(
     named: Sequence[dl.Base],
     say: Say,
 ) -> tuple[list[dl.Entry], int]:
-    """The delta index of the release: from the group's previous release of this profile
-    and from the ``named`` ones (--delta-from). Publishing the group's current release
-    again keeps the deltas its index already lists, so a second publish (a new
-    percentage, a retry) never takes them away."""
+    """The delta index of the release, from these bases:
+
+    - the group's previous release of this profile, and the bases its own index listed
+      (boards a staged publish left behind), the newest CARRIED of them;
+    - the ``named`` ones (--delta-from).
+
+    Publishing the group's current release again keeps the deltas its index already
+    lists, so a second publish (a new percentage, a retry) never takes them away."""
     bases: dict[str, dl.Base] = {}
     kept: list[dl.Entry] = []
+    previous = _index_of(store, before) if before is not None else []
     if before is not None and before.manifest != sha:
-        base = dl.load_base(store, before.manifest)
-        if base is None:
-            say(f"no deltas from release {before.release}: its manifest is in neither store")
-        else:
-            bases[base.manifest_sha] = base
-    elif before is not None and before.deltas:
-        raw = store.get(objects_name(before.deltas), d.MAX_DELTA_INDEX)
-        if raw is not None and hashlib.sha256(raw).hexdigest() == before.deltas:
-            kept = dl.parse_index(raw, f"{store.url}: {objects_name(before.deltas)}")
+        found = [dl.load_base(store, m) for m in [before.manifest, *{e.base for e in previous}]]
+        if found[0] is None:
+            say(f"no deltas from release {before.release}: its manifest is in no store at hand")
+        usable = sorted((b for b in found if b is not None), key=lambda b: -b.manifest.release)
+        bases = {b.manifest_sha: b for b in usable[:CARRIED]}
+    else:
+        kept = previous
     for base in named:
         bases.setdefault(base.manifest_sha, base)
     fresh = [

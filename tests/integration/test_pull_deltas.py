@@ -42,6 +42,7 @@ PARTS = {"boot": 3, "rootfs": 6}  # slot B's partitions
 class Releases:
     r1: Path
     r2: Path
+    r3: Path
     other_board: Path
 
 
@@ -54,7 +55,8 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
 def releases(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Releases:
     base = tmp_path_factory.mktemp("releases")
     r1 = make_release(base / "r1", keys.release_sec, 1, size=SIZE)
-    return Releases(r1, related_release(r1, base / "r2", keys.release_sec, 2),
+    r2 = related_release(r1, base / "r2", keys.release_sec, 2)
+    return Releases(r1, r2, related_release(r2, base / "r3", keys.release_sec, 3, at=3000),
                     make_release(base / "pi", keys.release_sec, 1, board="rpi4b", size=SIZE))
 
 
@@ -107,10 +109,10 @@ def log(tree: AgentTree) -> str:
     return (tree.root / "data/fleet/agent.log").read_text()
 
 
-def pending(tree: AgentTree) -> tuple[str, int]:
+def pending(tree: AgentTree, want: str = "2") -> tuple[str, int]:
     """(method, payload bytes fetched) of the release the board is trying."""
     release, _tv, method, fetched = (tree.root / "data/fleet/pull/pending").read_text().split()
-    assert release == "2"
+    assert release == want
     return method, int(fetched)
 
 
@@ -167,6 +169,35 @@ def test_the_group_s_previous_release_is_a_base_without_being_named(
     assert code == 0 and "trying release 2" in text, text
     assert pending(board)[0] == "delta"
     assert_slot_b_holds(board, releases.r2)
+
+
+def indexes(web: Web) -> list[list[dl.Entry]]:
+    """Every delta index in the store, oldest first."""
+    found = []
+    for path in sorted((web.root / "objects").iterdir(), key=lambda p: p.stat().st_mtime_ns):
+        if path.stat().st_size <= 32768 and not path.name.endswith(".sig"):
+            try:
+                found.append(dl.parse_index(path.read_bytes()))
+            except ReleaseError:
+                continue  # a payload, a manifest or a delta
+    return found
+
+
+def test_a_board_a_staged_publish_left_behind_still_gets_deltas(
+    board: AgentTree, web: Web, keys: Keys, releases: Releases
+) -> None:
+    """Release 3 follows release 2 at 50%: the boards still on release 1 (the bases
+    release 2's index listed) are carried into release 3's index."""
+    publish(web.root, releases.r1, keys)
+    publish(web.root, releases.r2, keys, percent=0)
+    third = publish(web.root, releases.r3, keys)
+    assert third.deltas == 4
+    assert {e.base for e in indexes(web)[-1]} == {
+        sha_of_manifest(releases.r1), sha_of_manifest(releases.r2)}
+    code, text = pull(board)
+    assert code == 0 and "trying release 3" in text, text
+    assert pending(board, "3")[0] == "delta"
+    assert_slot_b_holds(board, releases.r3)
 
 
 def _objects(web: Web, releases: Releases) -> tuple[Path, dict[str, Path]]:
