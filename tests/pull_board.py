@@ -8,10 +8,18 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from fleet import trust as trustlib
 from fleet.pull import publish as pub
 from fleet.pull.store import DirStore
-from tests.agent_tree import AgentTree
+from tests.agent_tree import AgentTree, available
+
+# What a pulling board in the agent tree behind a real nginx takes.
+NEEDS_PULL_BOARD = pytest.mark.skipif(
+    not available() or shutil.which("nginx") is None,
+    reason="needs root, busybox, signify-openbsd, gcc, nginx",
+)
 
 DAY = 86400
 
@@ -39,6 +47,12 @@ def pulling_board(root: Path, keys: Keys, url: str, group: str = "lobby",
     (tree.root / "proc/sys/kernel/hostname").write_text(hostname + "\n")
     set_pull(tree, url, group)
     return tree
+
+
+def pull(tree: AgentTree) -> tuple[int, str]:
+    """One poll of the board's own pull code: its exit status and what it printed."""
+    proc = tree.run("once", program="/etc/fleet/pull", timeout=120)
+    return proc.returncode, (proc.stdout + proc.stderr).decode()
 
 
 def set_pull(tree: AgentTree, url: str, group: str) -> None:

@@ -209,19 +209,18 @@ def publish(
             f"the delta index of {len(index)} deltas is over the boards' bound of "
             f"{d.MAX_DELTA_INDEX} bytes: name fewer --delta-from releases"
         )
-    if index:
-        index_sha = hashlib.sha256(listing).hexdigest()
-        if store.exists(objects_name(index_sha)) != len(listing):
-            store.put_bytes(objects_name(index_sha), listing, IMMUTABLE)
-            uploaded += 1
-            sent += len(listing)
+    index_sha = hashlib.sha256(listing).hexdigest() if index else ""
+    if index and store.exists(objects_name(index_sha)) != len(listing):
+        store.put_bytes(objects_name(index_sha), listing, IMMUTABLE)
+        uploaded += 1
+        sent += len(listing)
     entry = d.Target(
         release=manifest.release,
         version=manifest.version,
         manifest=sha,
         manifest_size=len(data),
         percent=percent,
-        deltas=hashlib.sha256(listing).hexdigest() if index else "",
+        deltas=index_sha,
         deltas_size=len(listing) if index else 0,
     )
     clock = int(now())

@@ -20,21 +20,19 @@ from fleet.pull import nginx
 from fleet.pull import publish as pub
 from fleet.pull.phasing import bucket
 from fleet.pull.store import DirStore
-from tests.agent_tree import AgentTree, available, make_release
+from tests.agent_tree import AgentTree, make_release
 from tests.pull_board import (
     DAY,
+    NEEDS_PULL_BOARD,
     Keys,
     ca_and_server_cert,
     make_keys,
     publish,
+    pull,
     pulling_board,
 )
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not available() or shutil.which("nginx") is None,
-                       reason="needs root, busybox, signify-openbsd, gcc, nginx"),
-]
+pytestmark = [pytest.mark.integration, NEEDS_PULL_BOARD]
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +59,6 @@ def board(tmp_path: Path, keys: Keys, store: tuple[Path, str]) -> Iterator[Agent
     tree = pulling_board(tmp_path / "board" / "root", keys, store[1])
     yield tree
     tree.close()
-
-
-def pull(tree: AgentTree) -> tuple[int, str]:
-    proc = tree.run("once", program="/etc/fleet/pull", timeout=120)
-    return proc.returncode, (proc.stdout + proc.stderr).decode()
 
 
 def slots(tree: AgentTree) -> tuple[dict[str, object], bytes]:

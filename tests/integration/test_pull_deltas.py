@@ -8,7 +8,6 @@ payload, and the slot ends holding exactly the signed bytes."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,18 +20,13 @@ from fleet.pull import nginx
 from fleet.release import load_manifest
 from tests.agent_tree import (
     AgentTree,
-    available,
     build_applier,
     make_release,
     related_release,
 )
-from tests.pull_board import Keys, make_keys, publish, pulling_board
+from tests.pull_board import NEEDS_PULL_BOARD, Keys, make_keys, publish, pull, pulling_board
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not available() or shutil.which("nginx") is None,
-                       reason="needs root, busybox, signify-openbsd, gcc, nginx"),
-]
+pytestmark = [pytest.mark.integration, NEEDS_PULL_BOARD]
 
 SIZE = 400_000
 PARTS = {"boot": 3, "rootfs": 6}  # slot B's partitions
@@ -98,11 +92,6 @@ def board(tmp_path: Path, keys: Keys, web: Web, applier: Path,
     tree.hold_in_running_slot(releases.r1, record=True)
     yield tree
     tree.close()
-
-
-def pull(tree: AgentTree) -> tuple[int, str]:
-    proc = tree.run("once", program="/etc/fleet/pull", timeout=120)
-    return proc.returncode, (proc.stdout + proc.stderr).decode()
 
 
 def log(tree: AgentTree) -> str:
